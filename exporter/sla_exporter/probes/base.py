@@ -1,0 +1,174 @@
+"""What every probe kind shares: the result value, failure reasons, phase timing and the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 200  # characters of a failure message kept; a server's garbage must not grow memory
+
+
+class Reason(enum.StrEnum):
+    """Why a probe failed: a small closed set, used as the `reason` label on failure counters."""
+
+    TIMEOUT = "timeout"  # the probe's deadline passed; the message names the phase it was in
+    DNS = "dns"  # the host name did not resolve
+    CONNECT = "connect"  # TCP connect refused, reset or unreachable
+    TLS = "tls"  # handshake failed, certificate invalid, expired or for another host
+    PROTOCOL = "protocol"  # the server spoke something that is not the protocol (garbage, reset)
+    HTTP_STATUS = "http_status"  # an HTTP status outside the expected list
+    BODY_MISMATCH = "body_mismatch"  # body substring, regex or JSON fields not as expected
+    BODY_TOO_LARGE = "body_too_large"  # body longer than max_body_bytes
+    SMTP_REPLY = "smtp_reply"  # an SMTP reply code other than the one the dialogue needs
+    STARTTLS = "starttls"  # STARTTLS required but not offered by the server
+    AUTH = "auth"  # login refused (SMTP AUTH, HTTP 401/403 on an authenticated API)
+    GATEWAY_ERROR = "gateway_error"  # the SMS gateway reported an error in its payload
+    RATE_LIMITED = "rate_limited"  # HTTP 429: the probe was throttled, the service is not healthy
+    INTERNAL = "internal"  # a bug in the exporter; logged with its traceback
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one probe run; immutable, so readers never see a half-written result."""
+
+    success: bool
+    duration: float  # seconds, start to end of the whole probe
+    reason: Reason | None = None  # None exactly when success
+    message: str = ""  # one human line: what was checked or what went wrong
+    phases: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    tls_expiry: float | None = None  # unix time of the earliest notAfter seen in the chain
+    status_code: int | None = None  # last HTTP status or SMTP reply code
+    timestamp: float = 0.0  # unix time at which the probe started
+
+    def __post_init__(self) -> None:
+        if self.success != (self.reason is None):
+            raise ValueError("a result has a reason exactly when it failed")
+
+
+class ProbeFailed(Exception):
+    """Raised inside a probe to end it with a reason; the runner turns it into a result."""
+
+    def __init__(self, reason: Reason, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status_code = status_code
+
+
+class Trace:
+    """Phase timings and facts a probe collects as it goes; read even when it is cut off."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self.phases: dict[str, float] = {}
+        self.phase: str = "start"
+        self._phase_start = clock()
+        self.tls_expiry: float | None = None
+        self.status_code: int | None = None
+
+    def enter(self, phase: str) -> None:
+        """End the current phase (adding its time) and start `phase`."""
+        now = self._clock()
+        if self.phase != "start":
+            self.phases[self.phase] = self.phases.get(self.phase, 0.0) + now - self._phase_start
+        self.phase = phase
+        self._phase_start = now
+
+    def finish(self) -> None:
+        self.enter("done")
+
+    def saw_certificate(self, not_after: float) -> None:
+        if self.tls_expiry is None or not_after < self.tls_expiry:
+            self.tls_expiry = not_after
+
+
+class Prober(Protocol):
+    """A probe kind: check the target described by `config` and record what happened in `trace`.
+
+    Returns a one-line success message, or raises ProbeFailed for an expected failure. Anything
+    else it raises is classified by the runner. It must open fresh connections on every call.
+    """
+
+    def __call__(self, config: Any, trace: Trace) -> Awaitable[str]: ...
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """One printable line of at most `limit` characters from text a server may have sent."""
+    line = "".join(c if c.isprintable() else " " for c in text).strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+async def run_probe(
+    prober: Prober,
+    config: Any,
+    timeout: float,
+    classify: Callable[[BaseException, Trace], ProbeFailed | None] = lambda exc, trace: None,
+    wall_clock: Callable[[], float] = time.time,
+) -> ProbeResult:
+    """Run one probe under its timeout; every outcome, including a bug, becomes a ProbeResult."""
+    trace = Trace()
+    started_wall = wall_clock()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            message = await prober(config, trace)
+        success, reason = True, None
+    except TimeoutError:
+        failure = ProbeFailed(Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}")
+        success, reason, message = False, failure.reason, failure.message
+    except ProbeFailed as failure:
+        success, reason, message = False, failure.reason, failure.message
+        if failure.status_code is not None:
+            trace.status_code = failure.status_code
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # every failure must end as a result, never kill the scheduler
+        known = classify(exc, trace)
+        if known is None:
+            log.exception("probe raised an unexpected error during %s", trace.phase)
+            known = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")
+        success, reason, message = False, known.reason, known.message
+    phase = trace.phase
+    trace.finish()
+    if not success and phase not in ("start", "done"):
+        trace.phases.setdefault(phase, 0.0)
+    return ProbeResult(
+        success=success,
+        duration=time.perf_counter() - started,
+        reason=reason,
+        message=bounded(message),
+        phases=MappingProxyType(dict(trace.phases)),
+        tls_expiry=trace.tls_expiry,
+        status_code=trace.status_code,
+        timestamp=started_wall,
+    )
+
+
+def network_failure(exc: BaseException, trace: Trace) -> ProbeFailed | None:
+    """Classify socket-level errors shared by every probe kind (DNS, connect, TLS, resets)."""
+    import socket
+    import ssl
+
+    if isinstance(exc, socket.gaierror):
+        return ProbeFailed(Reason.DNS, f"cannot resolve host: {exc.strerror or exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ProbeFailed(Reason.TLS, f"certificate rejected: {exc.verify_message or exc.reason}")
+    if isinstance(exc, ssl.SSLError):
+        return ProbeFailed(Reason.TLS, f"TLS failed: {exc.reason or exc}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeFailed(Reason.CONNECT, "connection refused")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        reason = Reason.CONNECT if trace.phase == "connect" else Reason.PROTOCOL
+        return ProbeFailed(reason, f"connection reset by peer during {trace.phase}")
+    if isinstance(exc, OSError):
+        reason = Reason.CONNECT if trace.phase in ("start", "dns", "connect") else Reason.PROTOCOL
+        return ProbeFailed(reason, f"{exc.strerror or type(exc).__name__} during {trace.phase}")
+    return None
