@@ -1,0 +1,148 @@
+"""Calendar-month tallies in the SLA's time zone, kept on disk so they survive restarts.
+
+Prometheus has no calendar ranges (a PromQL range is a fixed duration), so the exporter counts
+each service's probes per calendar month itself, in the SLA's IANA zone, and exposes the running
+tallies as gauges labelled with the month. Finished months stay exposed with their final figures
+for `keep_months` months, which makes them queryable beyond Prometheus' retention as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Tally:
+    """One service's counts for one calendar month."""
+
+    probes: int = 0  # outside maintenance: the SLA's denominator
+    failures: int = 0  # outside maintenance: the SLA's numerator
+    maintenance_probes: int = 0
+    interval: float = 60.0  # the service's interval when it last probed in this month
+
+
+def month_key(timestamp: float, zone: ZoneInfo) -> str:
+    """The calendar month ("2026-11") that a unix time falls in, in `zone`."""
+    return datetime.fromtimestamp(timestamp, zone).strftime("%Y-%m")
+
+
+def month_bounds(key: str, zone: ZoneInfo) -> tuple[float, float]:
+    """Unix times of the first and of one past the last second of month `key` in `zone`."""
+    year, month = (int(part) for part in key.split("-"))
+    start = datetime(year, month, 1, tzinfo=zone)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=zone)
+    return start.timestamp(), end.timestamp()
+
+
+class Ledger:
+    """Per-service, per-month probe tallies; `flush()` writes them atomically to `path`."""
+
+    def __init__(self, path: Path | None, timezone: str, keep_months: int = 13) -> None:
+        self.path = path
+        self.zone = ZoneInfo(timezone)
+        self.keep_months = keep_months
+        self.tallies: dict[str, dict[str, Tally]] = {}
+        self._dirty = False
+        if path is not None and path.exists():
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {data.get('version')!r}")
+            self.tallies = {
+                service: {month: Tally(**tally) for month, tally in months.items()}
+                for service, months in data["tallies"].items()
+            }
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            # Refuse to start over silently: that would erase the month's figures on disk.
+            raise RuntimeError(f"cannot read month tallies from {path}: {err}") from err
+
+    def set_timezone(self, timezone: str) -> None:
+        self.zone = ZoneInfo(timezone)
+
+    def record(
+        self, service: str, timestamp: float, success: bool, in_maintenance: bool, interval: float
+    ) -> None:
+        """Count one probe that started at `timestamp` in the month it started in."""
+        tally = self.tallies.setdefault(service, {}).setdefault(
+            month_key(timestamp, self.zone), Tally()
+        )
+        tally.interval = interval
+        if in_maintenance:
+            tally.maintenance_probes += 1
+        else:
+            tally.probes += 1
+            tally.failures += not success
+        self._dirty = True
+
+    def months(self, service: str, now: float) -> list[tuple[str, Tally]]:
+        """The kept months of `service`, oldest first, with the current month always present."""
+        months = self.tallies.get(service, {})
+        current = month_key(now, self.zone)
+        keys = sorted({*months, current})[-self.keep_months :]
+        return [(key, months.get(key) or Tally()) for key in keys]
+
+    def prune(self) -> None:
+        """Drop months older than the kept window.
+
+        Services that left the config keep their tallies (they are no longer exposed), so removing
+        a service by mistake and adding it back does not erase its month.
+        """
+        for months in self.tallies.values():
+            for key in sorted(months)[: -self.keep_months]:
+                del months[key]
+                self._dirty = True
+
+    def snapshot(self) -> bytes | None:
+        """The tallies as file content if they changed since the last snapshot, else None.
+
+        Taken on the event loop (where tallies change) so a writer thread never sees a dict
+        being modified.
+        """
+        if self.path is None or not self._dirty:
+            return None
+        data = {
+            "version": FORMAT_VERSION,
+            "timezone": self.zone.key,
+            "tallies": {
+                service: {month: asdict(tally) for month, tally in months.items()}
+                for service, months in self.tallies.items()
+            },
+        }
+        self._dirty = False
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def write(self, content: bytes) -> None:
+        """Replace the file atomically: write a temporary file, fsync it, rename it over."""
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            self._dirty = True  # try again at the next flush
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def flush(self) -> None:
+        """Write the tallies now if they changed."""
+        content = self.snapshot()
+        if content is not None:
+            self.write(content)

@@ -1,0 +1,81 @@
+"""Results store: last result, exact counters and recent failures of every configured service."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from .config import Config, Service
+from .probes.base import ProbeResult
+
+RECENT_FAILURES = 10  # kept per service for the landing page
+
+
+@dataclass
+class ServiceState:
+    """Everything the exporter knows about one service; counters only ever grow."""
+
+    name: str
+    service: Service
+    objective: float
+    last: ProbeResult | None = None
+    probes: int = 0
+    failures: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    maintenance_probes: int = 0
+    maintenance_failures: int = 0
+    missed_runs: int = 0
+    last_lag: float = 0.0
+    recent_failures: deque[ProbeResult] = field(
+        default_factory=lambda: deque(maxlen=RECENT_FAILURES)
+    )
+
+
+class Store:
+    """Written by the scheduler after each probe, read by the collector and the landing page.
+
+    Everything runs on one event loop, so plain attribute updates are atomic with respect to
+    readers; a scrape sees each service either before or after a result, never half of it.
+    """
+
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceState] = {}
+
+    def configure(self, config: Config) -> None:
+        """Follow a (re)loaded config: keep the counters of kept services, forget removed ones."""
+        for name in list(self.services):
+            if name not in config.services:
+                del self.services[name]
+        for name, service in config.services.items():
+            state = self.services.get(name)
+            if state is None:
+                self.services[name] = ServiceState(name, service, config.objective(name))
+            else:
+                state.service = service
+                state.objective = config.objective(name)
+
+    def record(self, name: str, result: ProbeResult, in_maintenance: bool) -> None:
+        """Count one finished probe; a result for a service removed meanwhile is dropped."""
+        state = self.services.get(name)
+        if state is None:
+            return
+        state.last = result
+        state.probes += 1
+        state.maintenance_probes += in_maintenance
+        if not result.success:
+            assert result.reason is not None
+            state.failures += 1
+            state.reasons[result.reason.value] += 1
+            state.maintenance_failures += in_maintenance
+            state.recent_failures.append(result)
+
+    def missed(self, name: str, runs: int) -> None:
+        """Count slots skipped because a probe could not start in time."""
+        state = self.services.get(name)
+        if state is not None:
+            state.missed_runs += runs
+
+    def lag(self, name: str, seconds: float) -> None:
+        state = self.services.get(name)
+        if state is not None:
+            state.last_lag = seconds

@@ -1,0 +1,227 @@
+"""Scheduler: fixed rate without drift, jittered start, concurrency cap, skips, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import statistics
+import time
+from collections import defaultdict
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sla_exporter.config import Config, Service, parse
+from sla_exporter.probes import ProbeResult, Reason
+from sla_exporter.scheduler import Scheduler
+from tests.fakes import FakeClock
+
+
+def make_config(services: dict[str, str], timeout: str = "2s") -> Config:
+    """A config of HTTP services: name -> interval."""
+    body = "sla: {name: Test}\nservices:\n"
+    for name, interval in services.items():
+        body += (
+            f"  {name}:\n    interval: {interval}\n    timeout: {timeout}\n"
+            f"    http: {{url: 'http://127.0.0.1:9/{name}'}}\n"
+        )
+    return parse(body, "test.yml")
+
+
+class Recorder:
+    """A fake probe that takes `busy` seconds of fake time and records when it ran."""
+
+    def __init__(self, clock: FakeClock, busy: float = 0.0) -> None:
+        self.clock = clock
+        self.busy = busy
+        self.starts: dict[str, list[float]] = defaultdict(list)
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, name: str, service: Service) -> ProbeResult:
+        self.starts[name].append(self.clock.monotonic())
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        started = self.clock.time()
+        try:
+            if self.busy:
+                await self.clock.sleep(self.busy)
+        finally:
+            self.running -= 1
+        return ProbeResult(success=True, duration=self.busy, timestamp=started)
+
+
+def scheduler_for(clock: FakeClock, probe: Recorder, **kwargs: object) -> tuple[Scheduler, list]:
+    results: list[tuple[str, ProbeResult, bool]] = []
+    scheduler = Scheduler(
+        lambda name, service, result, maint: results.append((name, result, maint)),
+        probe=probe,
+        clock=clock,
+        rng=random.Random(1),
+        **kwargs,  # type: ignore[arg-type]  # test-only pass-through of keyword options
+    )
+    return scheduler, results
+
+
+async def test_runs_stay_on_a_fixed_rate_however_long_each_probe_takes() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock, busy=23.0)  # each probe takes 23 s of a 60 s interval
+    scheduler, _ = scheduler_for(clock, probe)
+    scheduler.apply(make_config({"api": "1m"}, timeout="30s"))
+    await clock.advance(600)
+    starts = probe.starts["api"]
+    first = starts[0]
+    assert 0 <= first < 5  # jittered first run within max_start_jitter
+    assert starts == [first + 60 * k for k in range(len(starts))]
+    assert len(starts) == 10
+    await scheduler.stop()
+
+
+async def test_the_first_run_comes_within_the_start_jitter_and_jitter_spreads_services() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, _ = scheduler_for(clock, probe, max_start_jitter=5.0)
+    scheduler.apply(make_config({f"s{i}": "5m" for i in range(50)}))
+    await clock.advance(5)
+    firsts = [starts[0] for starts in probe.starts.values()]
+    assert len(firsts) == 50
+    assert all(0 <= t <= 5 for t in firsts)
+    assert len(set(firsts)) == 50  # spread, not all at once
+    await scheduler.stop()
+
+
+async def test_the_global_concurrency_cap_holds_and_waiting_counts_as_lag() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock, busy=10.0)
+    lags: list[float] = []
+    scheduler, results = scheduler_for(
+        clock,
+        probe,
+        max_concurrency=2,
+        max_start_jitter=0.001,
+        on_lag=lambda n, lag: lags.append(lag),
+    )
+    scheduler.apply(make_config({f"s{i}": "1m" for i in range(5)}, timeout="30s"))
+    await clock.advance(59)
+    assert probe.max_running == 2
+    assert len(results) == 5  # 3 waves of 10 s each fit in the minute
+    assert sorted(round(lag) for lag in lags) == [0, 0, 10, 10, 20]
+    await scheduler.stop()
+
+
+async def test_a_run_held_back_a_whole_interval_is_skipped_and_counted() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock, busy=9.0)
+    missed: dict[str, int] = defaultdict(int)
+
+    def on_missed(name: str, runs: int) -> None:
+        missed[name] += runs
+
+    scheduler, results = scheduler_for(
+        clock, probe, max_concurrency=1, max_start_jitter=0.001, on_missed=on_missed
+    )
+    # Two services of 10 s interval, each probe takes 9 s, one slot: one of them must skip.
+    scheduler.apply(make_config({"a": "10s", "b": "10s"}, timeout="9s"))
+    await clock.advance(100)
+    ran = {name: len(starts) for name, starts in probe.starts.items()}
+    assert sum(ran.values()) - len(results) in (0, 1)  # at most one probe still running
+    assert sum(missed.values()) > 0
+    # Every slot of every service either ran or was counted as missed.
+    for name in ("a", "b"):
+        assert ran.get(name, 0) + missed[name] in (9, 10)
+    await scheduler.stop()
+
+
+async def test_reload_keeps_unchanged_services_on_their_schedule_and_restarts_changed_ones() -> (
+    None
+):
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, _ = scheduler_for(clock, probe)
+    scheduler.apply(make_config({"keep": "1m", "change": "1m", "drop": "1m"}))
+    await clock.advance(130)
+    keep_before = list(probe.starts["keep"])
+    drop_runs = len(probe.starts["drop"])
+    scheduler.apply(make_config({"keep": "1m", "change": "30s", "new": "1m"}))
+    await clock.advance(120)
+    keep = probe.starts["keep"]
+    assert keep[: len(keep_before)] == keep_before
+    assert keep == [keep[0] + 60 * k for k in range(len(keep))]  # no restart, no phase shift
+    assert len(probe.starts["drop"]) == drop_runs  # removed: never probed again
+    assert len(probe.starts["new"]) >= 2
+    change = [t for t in probe.starts["change"] if t > 130]
+    assert [round(b - a) for a, b in itertools.pairwise(change)] == [30] * (len(change) - 1)
+    await scheduler.stop()
+
+
+async def test_results_inside_a_declared_maintenance_window_are_flagged() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, results = scheduler_for(clock, probe, max_start_jitter=0.001)
+    config = parse(
+        "sla: {name: T}\n"
+        "services:\n"
+        "  api: {interval: 1m, http: {url: 'http://127.0.0.1:9/'}}\n"
+        "  web: {interval: 1m, http: {url: 'http://127.0.0.1:9/'}}\n"
+        "maintenance:\n"
+        "  - services: [api]\n"
+        "    start: 2025-11-24T16:02:00+00:00\n"  # WALL_OFFSET + 120 s
+        "    end: 2025-11-24T16:04:00+00:00\n",
+        "m.yml",
+    )
+    scheduler.apply(config)
+    await clock.advance(360)
+    flags = [(name, maint) for name, _, maint in results]
+    assert flags.count(("api", True)) == 2  # the runs at +120 s and +180 s
+    assert ("web", True) not in flags
+    await scheduler.stop()
+
+
+async def test_two_hundred_services_keep_their_schedule_beside_one_hung_target() -> None:
+    """Real HTTP probes on loopback: one target accepts and never answers."""
+    hung = asyncio.Event()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def hang(request: web.Request) -> web.Response:
+        await hung.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/ok/{n}", ok)
+    app.router.add_get("/hang", hang)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    body = "sla: {name: Load}\nservices:\n"
+    body += (
+        f"  hung: {{interval: 1s, timeout: 900ms, http: {{url: '{server.make_url('/hang')}'}}}}\n"
+    )
+    for i in range(199):
+        url = server.make_url(f"/ok/{i}")
+        body += f"  s{i}: {{interval: 1s, timeout: 900ms, http: {{url: '{url}'}}}}\n"
+    config = parse(body, "load.yml")
+
+    results: dict[str, list[ProbeResult]] = defaultdict(list)
+    lags: list[float] = []
+    scheduler = Scheduler(
+        lambda name, service, result, maint: results[name].append(result),
+        max_start_jitter=0.5,
+        on_lag=lambda name, lag: lags.append(lag),
+    )
+    started = time.monotonic()
+    scheduler.apply(config)
+    while time.monotonic() - started < 4.0:
+        await asyncio.sleep(0.1)
+    await scheduler.stop()
+    hung.set()
+    await server.close()
+
+    assert all(r.reason is Reason.TIMEOUT for r in results["hung"])
+    assert len(results["hung"]) >= 3
+    counts = [len(results[f"s{i}"]) for i in range(199)]
+    assert min(counts) >= 3, counts
+    assert all(r.success for i in range(199) for r in results[f"s{i}"])
+    p99 = statistics.quantiles(lags, n=100)[98]
+    assert p99 < 0.25, f"schedule lag p99 {p99:.3f}s"
