@@ -1,0 +1,184 @@
+"""Command line: Prometheus-style dotted flags, logging set-up, and the serve loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from . import __version__, webconfig
+from . import config as config_mod
+from .config import ConfigInvalid
+from .exporter import Exporter
+from .web import make_app, ssl_context
+
+log = logging.getLogger("sla_exporter")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sla-exporter",
+        description="Probe the services an SLA promises and expose exact counters for Prometheus.",
+    )
+    parser.add_argument("--config.file", dest="config_file", default="sla.yml", help="SLA file")
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the config file (and web config), print every error, exit 0 or 1",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=":9141",
+        help="address to serve on, host:port; an empty host means every interface",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="TLS and basic auth for the endpoints, in the Prometheus web config format",
+    )
+    parser.add_argument(
+        "--storage.path",
+        dest="storage_path",
+        default="data/sla-ledger.json",
+        help="file keeping calendar-month tallies across restarts; empty keeps them in memory only",
+    )
+    parser.add_argument(
+        "--probes.max-concurrency",
+        dest="max_concurrency",
+        type=int,
+        default=128,
+        help="probes running at once at most, across all services",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+    parser.add_argument("--version", action="version", version=f"sla-exporter {__version__}")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Route stdlib logging through structlog's logfmt or JSON renderer on stderr."""
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.processors.LogfmtRenderer(key_order=["ts", "level", "logger", "msg"])
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("msg"),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def split_address(address: str) -> tuple[str | None, int]:
+    """Split "host:port", "[::1]:port" or ":port" (every interface)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address must be host:port, got {address!r}")
+    host = host.strip("[]")
+    return host or None, int(port)
+
+
+def check(args: argparse.Namespace) -> int:
+    """--config.check: print every error of every file, or a one-line summary."""
+    status = 0
+    try:
+        config = config_mod.load(args.config_file)
+        print(f"{args.config_file}: OK, {len(config.services)} services")
+    except ConfigInvalid as err:
+        print(err)
+        status = 1
+    if args.web_config_file:
+        try:
+            webconfig.load(args.web_config_file)
+            print(f"{args.web_config_file}: OK")
+        except ConfigInvalid as err:
+            print(err)
+            status = 1
+    return status
+
+
+async def serve(args: argparse.Namespace) -> int:
+    host, port = split_address(args.listen)
+    web_config = webconfig.load(args.web_config_file) if args.web_config_file else None
+    exporter = Exporter(
+        args.config_file,
+        storage_path=Path(args.storage_path) if args.storage_path else None,
+        max_concurrency=args.max_concurrency,
+    )
+    await exporter.start()
+    runner = web.AppRunner(make_app(exporter, web_config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context(web_config))
+    try:
+        await site.start()
+    except OSError as err:
+        await exporter.stop()
+        await runner.cleanup()
+        print(f"cannot listen on {args.listen}: {err.strerror}", file=sys.stderr)
+        return 1
+    log.info("listening on %s (version %s)", args.listen, __version__)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(exporter.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    await exporter.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.config_check:
+        return check(args)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return asyncio.run(serve(args))
+    except ConfigInvalid as err:
+        print(err, file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as err:
+        print(f"sla-exporter: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

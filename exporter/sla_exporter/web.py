@@ -1,0 +1,191 @@
+"""HTTP endpoints: /metrics, health, reload and a landing page; optional TLS and basic auth."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import bcrypt
+from aiohttp import BasicAuth, hdrs, web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from . import __version__
+from .exporter import Exporter
+from .webconfig import WebConfig
+
+EXPORTER_KEY = web.AppKey("exporter", Exporter)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _basic_auth(
+    users: dict[str, str],
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Check HTTP basic auth against bcrypt hashes, remembering verified pairs.
+
+    bcrypt costs tens of milliseconds by design; Prometheus scrapes every 15 s with the same
+    credentials, so like the Prometheus exporter-toolkit we cache successful checks (keyed by a
+    hash of the pair, never the password itself).
+    """
+    verified: set[bytes] = set()
+    salt = secrets.token_bytes(16)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        try:
+            auth = BasicAuth.decode(header) if header else None
+        except ValueError:
+            auth = None
+        if auth is not None and auth.login in users:
+            key = hashlib.sha256(salt + f"{auth.login}\0{auth.password}".encode()).digest()
+            if key in verified or bcrypt.checkpw(
+                auth.password.encode(), users[auth.login].encode()
+            ):
+                verified.add(key)
+                return await handler(request)
+        return web.Response(
+            status=401,
+            text="Unauthorized\n",
+            headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="sla-exporter"'},
+        )
+
+    return middleware
+
+
+def make_app(exporter: Exporter, web_config: WebConfig | None = None) -> web.Application:
+    """The aiohttp application; there is deliberately no endpoint that probes a given target."""
+    middlewares = []
+    if web_config is not None and web_config.basic_auth_users:
+        users = {
+            name: secret.get_secret_value() for name, secret in web_config.basic_auth_users.items()
+        }
+        middlewares.append(_basic_auth(users))
+    app = web.Application(middlewares=middlewares)
+    app[EXPORTER_KEY] = exporter
+    headers = dict(web_config.http_server_config.headers) if web_config else {}
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(headers)
+
+    app.on_response_prepare.append(on_prepare)
+    app.router.add_get("/", landing)
+    app.router.add_get("/metrics", make_aiohttp_handler(exporter.registry))
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_put("/-/reload", reload)
+    return app
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[EXPORTER_KEY].config is None:
+        return web.Response(status=503, text="Not ready: no configuration loaded.\n")
+    return web.Response(text="Ready.\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    error = await request.app[EXPORTER_KEY].reload()
+    if error is not None:
+        return web.Response(
+            status=400, text=f"Reload failed; the running config is kept.\n{error}\n"
+        )
+    return web.Response(text="Reloaded.\n")
+
+
+def _ago(timestamp: float, now: float) -> str:
+    seconds = max(0, int(now - timestamp))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def landing(request: web.Request) -> web.Response:
+    """One row per service with its last result; names and messages are escaped, never URLs."""
+    exporter = request.app[EXPORTER_KEY]
+    config = exporter.config
+    now = time.time()
+    e = html.escape
+    rows = []
+    for name, state in exporter.store.services.items():
+        last = state.last
+        if last is None:
+            status, detail, when = "pending", "", "not probed yet"
+        else:
+            status = "up" if last.success else "down"
+            detail = (
+                e(last.message)
+                if last.success
+                else f"<b>{e(str(last.reason))}</b>: {e(last.message)}"
+            )
+            when = f"{_ago(last.timestamp, now)} ({last.duration * 1000:.0f} ms)"
+        failures = "".join(
+            f"<li>{_utc(f.timestamp)} <b>{e(str(f.reason))}</b>: {e(f.message)}</li>"
+            for f in reversed(state.recent_failures)
+        )
+        rows.append(
+            f'<tr class="{status}"><td>{e(name)}</td><td>{e(state.service.kind)}</td>'
+            f"<td>{e(state.service.description)}</td><td>{status}</td><td>{when}</td>"
+            f"<td>{detail}</td><td>{state.probes}</td><td>{state.failures}</td>"
+            f"<td><ul>{failures}</ul></td></tr>"
+        )
+    title = e(config.sla.name) if config else "no configuration"
+    reload_note = ""
+    if exporter.last_reload_error:
+        reload_note = (
+            "<p class=down>The last reload failed; the previous configuration is still running:"
+            f"<pre>{e(exporter.last_reload_error)}</pre></p>"
+        )
+    body = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>SLA exporter: {title}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.up td:nth-child(4){{color:#080}}
+.down td:nth-child(4),p.down{{color:#b00}}ul{{margin:0;padding-left:1em}}</style></head>
+<body><h1>SLA exporter: {title}</h1>
+<p>Version {e(__version__)}. <a href="/metrics">Metrics</a> &middot;
+<a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>{reload_note}
+<table><tr><th>Service</th><th>Kind</th><th>Description</th><th>Status</th><th>Last probe</th>
+<th>Result</th><th>Probes</th><th>Failures</th><th>Recent failures</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""
+    return web.Response(text=body, content_type="text/html")
+
+
+def ssl_context(web_config: WebConfig | None) -> ssl.SSLContext | None:
+    """The server TLS context described by the web config, or None for plain HTTP."""
+    if web_config is None or web_config.tls_server_config is None:
+        return None
+    tls = web_config.tls_server_config
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.minimum_version = {
+        "TLS10": ssl.TLSVersion.TLSv1,
+        "TLS11": ssl.TLSVersion.TLSv1_1,
+        "TLS12": ssl.TLSVersion.TLSv1_2,
+        "TLS13": ssl.TLSVersion.TLSv1_3,
+    }[tls.min_version]
+    if tls.client_ca_file:
+        context.load_verify_locations(tls.client_ca_file)
+    context.verify_mode = {
+        "NoClientCert": ssl.CERT_NONE,
+        "RequestClientCert": ssl.CERT_OPTIONAL,
+        "RequireAnyClientCert": ssl.CERT_REQUIRED,
+        "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+        "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+    }[tls.client_auth_type]
+    return context

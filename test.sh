@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every check: lint, types, and the test suite (real servers, Prometheus and Alertmanager).
+# Installs what is missing first (see scripts/install.sh). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/install.sh
+. .venv/bin/activate
+ruff check exporter tests
+ruff format --check exporter tests
+mypy
+python -m pytest "$@"
