@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
+
+from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +121,18 @@ async def run_probe(
     trace = Trace()
     started_wall = wall_clock()
     started = time.perf_counter()
+    deadline = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadline:
             message = await prober(config, trace)
         success, reason = True, None
-    except TimeoutError:
-        failure = ProbeFailed(Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}")
-        success, reason, message = False, failure.reason, failure.message
+    except TimeoutError as exc:
+        # Only our own deadline is "timeout"; a library's TimeoutError (subclasses included)
+        # is classified like any other error so its real cause is kept.
+        known = ProbeFailed(Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}")
+        if not deadline.expired():
+            known = classify(exc, trace) or known
+        success, reason, message = False, known.reason, known.message
     except ProbeFailed as failure:
         success, reason, message = False, failure.reason, failure.message
         if failure.status_code is not None:
@@ -136,6 +145,8 @@ async def run_probe(
             log.exception("probe raised an unexpected error during %s", trace.phase)
             known = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")
         success, reason, message = False, known.reason, known.message
+        if known.status_code is not None:
+            trace.status_code = known.status_code
     phase = trace.phase
     trace.finish()
     if not success and phase not in ("start", "done"):
@@ -154,9 +165,6 @@ async def run_probe(
 
 def network_failure(exc: BaseException, trace: Trace) -> ProbeFailed | None:
     """Classify socket-level errors shared by every probe kind (DNS, connect, TLS, resets)."""
-    import socket
-    import ssl
-
     if isinstance(exc, socket.gaierror):
         return ProbeFailed(Reason.DNS, f"cannot resolve host: {exc.strerror or exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -172,3 +180,18 @@ def network_failure(exc: BaseException, trace: Trace) -> ProbeFailed | None:
         reason = Reason.CONNECT if trace.phase in ("start", "dns", "connect") else Reason.PROTOCOL
         return ProbeFailed(reason, f"{exc.strerror or type(exc).__name__} during {trace.phase}")
     return None
+
+
+def certificate_expiry(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
+    """The peer's leaf certificate notAfter as unix time, also when verification is off.
+
+    With verification off Python's dict form of the certificate is empty, so the DER form is
+    parsed with `cryptography` (what trustme and most TLS tooling in Python build on).
+    """
+    der = tls.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:  # a certificate cryptography cannot parse: no expiry, not a failure
+        return None
