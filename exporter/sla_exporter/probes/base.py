@@ -122,39 +122,39 @@ async def run_probe(
     started_wall = wall_clock()
     started = time.perf_counter()
     deadline = asyncio.timeout(timeout)
+    failure: ProbeFailed | None = None
+    message = ""
     try:
         async with deadline:
             message = await prober(config, trace)
-        success, reason = True, None
     except TimeoutError as exc:
         # Only our own deadline is "timeout"; a library's TimeoutError (subclasses included)
         # is classified like any other error so its real cause is kept.
-        known = ProbeFailed(Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}")
-        if not deadline.expired():
-            known = classify(exc, trace) or known
-        success, reason, message = False, known.reason, known.message
-    except ProbeFailed as failure:
-        success, reason, message = False, failure.reason, failure.message
-        if failure.status_code is not None:
-            trace.status_code = failure.status_code
+        timed_out = ProbeFailed(
+            Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}"
+        )
+        failure = timed_out if deadline.expired() else (classify(exc, trace) or timed_out)
+    except ProbeFailed as exc:
+        failure = exc
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # every failure must end as a result, never kill the scheduler
-        known = classify(exc, trace)
-        if known is None:
+        failure = classify(exc, trace)
+        if failure is None:
             log.exception("probe raised an unexpected error during %s", trace.phase)
-            known = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")
-        success, reason, message = False, known.reason, known.message
-        if known.status_code is not None:
-            trace.status_code = known.status_code
+            failure = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")
+    if failure is not None:
+        message = failure.message
+        if failure.status_code is not None:
+            trace.status_code = failure.status_code
     phase = trace.phase
     trace.finish()
-    if not success and phase not in ("start", "done"):
+    if failure is not None and phase not in ("start", "done"):
         trace.phases.setdefault(phase, 0.0)
     return ProbeResult(
-        success=success,
+        success=failure is None,
         duration=time.perf_counter() - started,
-        reason=reason,
+        reason=None if failure is None else failure.reason,
         message=bounded(message),
         phases=MappingProxyType(dict(trace.phases)),
         tls_expiry=trace.tls_expiry,
