@@ -25,7 +25,7 @@ SERVICES = ("website", "app", "api", "smtp", "sms")
 API_TOKEN = "demo-api-token"  # the demo config reads these from the environment, as you would
 SMS_TOKEN = "demo-sms-token"
 SMTP_USER, SMTP_PASSWORD = "probe@demo.invalid", "demo-smtp-password"
-DOWN = web.AppKey("down", set)
+DOWN: web.AppKey[set[str]] = web.AppKey("down")
 
 
 def _down(request: web.Request, service: str) -> bool:
@@ -96,17 +96,18 @@ async def toggle(request: web.Request) -> web.Response:
     service = request.match_info["service"]
     if service not in SERVICES:
         raise web.HTTPNotFound(text=f"no demo service {html.escape(service)}")
+    down = request.app[DOWN]
     if request.match_info["state"] == "down":
-        request.app[DOWN].add(service)
+        down.add(service)
     else:
-        request.app[DOWN].discard(service)
+        down.discard(service)
     log.info("demo service %s is now %s", service, request.match_info["state"])
     if "json" in request.headers.get("Accept", ""):
-        return web.json_response({"down": sorted(request.app[DOWN])})
+        return web.json_response({"down": sorted(down)})
     raise web.HTTPSeeOther("/-/demo")
 
 
-PAGES = web.AppKey("pages", list)
+PAGES: web.AppKey[list[str]] = web.AppKey("pages")
 
 
 async def receive_alerts(request: web.Request) -> web.Response:

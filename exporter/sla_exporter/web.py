@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import secrets
@@ -11,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import bcrypt
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import __version__
@@ -22,9 +24,20 @@ EXPORTER_KEY = web.AppKey("exporter", Exporter)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _basic_auth(
-    users: dict[str, str],
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _credentials(header: str) -> tuple[str, str]:
+    """User and password of a `Basic` Authorization header (RFC 7617); empty if there is none."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return "", ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return "", ""
+    login, _, password = decoded.partition(":")
+    return login, password
+
+
+def _basic_auth(users: dict[str, str]) -> Middleware:
     """Check HTTP basic auth against bcrypt hashes, remembering verified pairs.
 
     bcrypt costs tens of milliseconds by design; Prometheus scrapes every 15 s with the same
@@ -36,16 +49,10 @@ def _basic_auth(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get(hdrs.AUTHORIZATION, "")
-        try:
-            auth = BasicAuth.decode(header) if header else None
-        except ValueError:
-            auth = None
-        if auth is not None and auth.login in users:
-            key = hashlib.sha256(salt + f"{auth.login}\0{auth.password}".encode()).digest()
-            if key in verified or bcrypt.checkpw(
-                auth.password.encode(), users[auth.login].encode()
-            ):
+        login, password = _credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
+        if login in users:
+            key = hashlib.sha256(salt + f"{login}\0{password}".encode()).digest()
+            if key in verified or bcrypt.checkpw(password.encode(), users[login].encode()):
                 verified.add(key)
                 return await handler(request)
         return web.Response(
@@ -59,7 +66,7 @@ def _basic_auth(
 
 def make_app(exporter: Exporter, web_config: WebConfig | None = None) -> web.Application:
     """The aiohttp application; there is deliberately no endpoint that probes a given target."""
-    middlewares = []
+    middlewares: list[Middleware] = []
     if web_config is not None and web_config.basic_auth_users:
         users = {
             name: secret.get_secret_value() for name, secret in web_config.basic_auth_users.items()

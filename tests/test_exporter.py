@@ -1,0 +1,359 @@
+"""The exporter as a whole, in-process: real probes of loopback servers, served over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trustme
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from sla_exporter.exporter import Exporter
+from sla_exporter.web import make_app
+from sla_exporter.webconfig import WebConfig
+from tests.conftest import server_context
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+SECRET = "TOPSECRET-7f3a"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait until `check()` is true, polling, for at most `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+class Target:
+    """A loopback service with an `up` switch; its API needs the secret token."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.requests = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.index)
+        app.router.add_get("/api", self.api)
+        return app
+
+    async def index(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if not self.up:
+            return web.Response(status=500, text=f"error, token was {SECRET}")
+        return web.Response(text="Welcome to Mailpro")
+
+    async def api(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {SECRET}":
+            return web.json_response({"status": "unauthorized"}, status=401)
+        return web.json_response({"status": "ok"})
+
+
+@pytest.fixture
+async def target(localhost_cert: trustme.LeafCert) -> AsyncIterator[tuple[Target, str, str]]:
+    """The target served over plain HTTP and HTTPS; yields (target, http_base, https_base)."""
+    target = Target()
+    plain = TestServer(target.app(), host="127.0.0.1")
+    secure = TestServer(target.app(), host="127.0.0.1")
+    await plain.start_server()
+    await secure.start_server(ssl=server_context(localhost_cert))
+    yield target, f"http://127.0.0.1:{plain.port}", f"https://localhost:{secure.port}"
+    await plain.close()
+    await secure.close()
+
+
+def write_config(path: Path, http: str, https: str, ca_file: str, extra: str = "") -> None:
+    path.write_text(
+        f"""
+sla: {{name: Mailpro, timezone: Europe/Zurich, objective: 0.99}}
+services:
+  website:
+    description: Website and FAQ
+    interval: 1s
+    timeout: 800ms
+    http: {{url: "{http}/", expect: {{body_contains: Mailpro}}}}
+  api:
+    interval: 1s
+    timeout: 800ms
+    http:
+      url: "{https}/api"
+      headers: {{Authorization: !env SLA_TEST_TOKEN}}
+      expect: {{json: {{status: ok}}}}
+      tls: {{ca_file: "{ca_file}"}}
+  refused:
+    interval: 1s
+    timeout: 800ms
+    http: {{url: "http://127.0.0.1:9/"}}
+{extra}
+"""
+    )
+
+
+@pytest.fixture
+async def running(
+    target: tuple[Target, str, str],
+    ca_file: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Exporter, TestServer, Path, Target]]:
+    """A started exporter with its web app on a loopback port."""
+    monkeypatch.setenv("SLA_TEST_TOKEN", f"Bearer {SECRET}")
+    the_target, http, https = target
+    config = tmp_path / "sla.yml"
+    write_config(config, http, https, ca_file)
+    exporter = Exporter(str(config), storage_path=tmp_path / "ledger.json", max_start_jitter=0.05)
+    await exporter.start()
+    server = TestServer(make_app(exporter), host="127.0.0.1")
+    await server.start_server()
+    yield exporter, server, config, the_target
+    await server.close()
+    await exporter.stop()
+
+
+async def fetch(server: TestServer, path: str, method: str = "GET") -> tuple[int, str]:
+    async with ClientSession() as session, session.request(method, server.make_url(path)) as resp:
+        return resp.status, await resp.text()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    return samples(text).get((name, frozenset(labels.items())))
+
+
+async def test_metrics_show_each_service_result_and_exact_counters(running) -> None:
+    exporter, server, _, _ = running
+
+    async def probed_twice() -> bool:
+        return all(s.probes >= 2 for s in exporter.store.services.values())
+
+    await eventually(probed_twice)
+    _, text = await fetch(server, "/metrics")
+    assert value(text, "sla_probe_success", sla_service="website") == 1
+    assert value(text, "sla_probe_success", sla_service="api") == 1
+    assert value(text, "sla_probe_success", sla_service="refused") == 0
+    state = exporter.store.services["refused"]
+    assert value(text, "sla_probes_total", sla_service="refused") == state.probes
+    assert value(text, "sla_probe_failures_total", sla_service="refused") == state.failures
+    assert (
+        value(text, "sla_probe_failure_reasons_total", sla_service="refused", reason="connect")
+        == state.failures
+    )
+    assert value(text, "sla_probe_interval_seconds", sla_service="api") == 1
+    assert value(text, "sla_objective_ratio", sla_service="api") == 0.99
+    assert value(text, "sla_probe_tls_cert_expiry_timestamp_seconds", sla_service="api")
+    assert value(text, "sla_exporter_config_last_reload_successful") == 1
+    assert value(text, "sla_info", sla="Mailpro", timezone="Europe/Zurich") == 1
+
+
+async def test_the_metrics_output_passes_promtool_check_metrics(running) -> None:
+    exporter, server, _, _ = running
+    await eventually(lambda: _probed(exporter))
+    _, text = await fetch(server, "/metrics")
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed (Debian package prometheus)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+async def _probed(exporter: Exporter) -> bool:
+    return all(s.last is not None for s in exporter.store.services.values())
+
+
+def catalogue(text: str) -> str:
+    """Metric names, types and label names, one line each: renames must be deliberate."""
+    lines = set()
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith(("python_", "process_")):
+            continue
+        for sample in family.samples:
+            labels = ",".join(sorted(sample.labels))
+            lines.add(f"{sample.name} {family.type} {{{labels}}}")
+    return "\n".join(sorted(lines)) + "\n"
+
+
+async def test_the_metric_catalogue_matches_the_golden_file(running) -> None:
+    exporter, server, config, _ = running
+    # A maintenance window that covers now, so its series show too.
+    text = config.read_text() + (
+        "maintenance:\n  - services: [website]\n"
+        "    start: 2020-01-01T00:00:00Z\n    end: 2099-01-01T00:00:00Z\n"
+    )
+    config.write_text(text)
+    assert await exporter.reload() is None
+    await eventually(lambda: _probed(exporter))
+    _, body = await fetch(server, "/metrics")
+    got = catalogue(body)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text(), (
+        "the metric catalogue changed; if that is deliberate, run UPDATE_GOLDEN=1 pytest and "
+        "update docs/METRICS.md"
+    )
+
+
+async def test_a_bad_reload_keeps_the_running_config_and_says_why(running) -> None:
+    exporter, server, config, _ = running
+    good = config.read_text()
+    config.write_text(
+        good.replace("interval: 1s\n    timeout: 800ms", "interval: 1s\n    timeout: 2s", 1)
+    )
+    status, body = await fetch(server, "/-/reload", "POST")
+    assert status == 400
+    assert "services.website.timeout: must be shorter than interval" in body
+    _, text = await fetch(server, "/metrics")
+    assert value(text, "sla_exporter_config_last_reload_successful") == 0
+    before = exporter.store.services["website"].probes
+    await eventually(lambda: _more(exporter, "website", before))  # still probing the old config
+    _, page = await fetch(server, "/")
+    assert "The last reload failed" in page
+    config.write_text(good)
+    assert await fetch(server, "/-/reload", "POST") == (200, "Reloaded.\n")
+    _, text = await fetch(server, "/metrics")
+    assert value(text, "sla_exporter_config_last_reload_successful") == 1
+
+
+async def _more(exporter: Exporter, name: str, than: int) -> bool:
+    return exporter.store.services[name].probes > than
+
+
+async def test_a_service_removed_by_reload_disappears_from_metrics(running) -> None:
+    exporter, server, config, _ = running
+    await eventually(lambda: _probed(exporter))
+    config.write_text(config.read_text().split("  refused:")[0])
+    assert await exporter.reload() is None
+    _, text = await fetch(server, "/metrics")
+    assert 'sla_service="refused"' not in text
+    assert 'sla_service="website"' in text
+
+
+async def test_secrets_never_reach_metrics_the_landing_page_or_logs(
+    running, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter, server, _, target = running
+    caplog.set_level(logging.DEBUG)
+    await eventually(lambda: _probed(exporter))
+    target.up = False  # the website's error page quotes the token: it must not travel on
+
+    async def website_down() -> bool:
+        last = exporter.store.services["website"].last
+        return last is not None and not last.success
+
+    await eventually(website_down)
+    for path in ("/metrics", "/", "/-/ready"):
+        _, body = await fetch(server, path)
+        assert SECRET not in body, path
+    assert SECRET not in caplog.text
+    assert all(
+        SECRET not in r.message for s in exporter.store.services.values() for r in s.recent_failures
+    )
+
+
+async def test_the_landing_page_lists_each_service_with_its_last_result(running) -> None:
+    exporter, server, _, _ = running
+    await eventually(lambda: _probed(exporter))
+    status, page = await fetch(server, "/")
+    assert status == 200
+    for name in ("website", "api", "refused"):
+        assert f"<td>{name}</td>" in page
+    assert "<b>connect</b>" in page  # the reason of the refused service's failures
+
+
+async def test_health_readiness_and_no_endpoint_that_probes_a_given_target(running) -> None:
+    _, server, _, _ = running
+    assert await fetch(server, "/-/healthy") == (200, "Healthy.\n")
+    assert await fetch(server, "/-/ready") == (200, "Ready.\n")
+    status, _ = await fetch(server, "/probe?target=http://127.0.0.1:9141/&module=http")
+    assert status == 404
+    status, _ = await fetch(server, "/-/reload")  # GET must not reload
+    assert status == 405
+
+
+async def test_probes_in_a_maintenance_window_are_counted_apart(running) -> None:
+    exporter, server, config, _ = running
+    config.write_text(
+        config.read_text() + "maintenance:\n  - services: [refused]\n"
+        "    start: 2020-01-01T00:00:00Z\n    end: 2099-01-01T00:00:00Z\n"
+    )
+    assert await exporter.reload() is None
+    state = exporter.store.services["refused"]
+    before = state.maintenance_probes
+    await eventually(lambda: _maintenance_probes(exporter, before + 2))
+    _, text = await fetch(server, "/metrics")
+    assert value(text, "sla_maintenance", sla_service="refused") == 1
+    assert value(text, "sla_maintenance", sla_service="website") == 0
+    assert value(text, "sla_maintenance_probe_failures_total", sla_service="refused") == (
+        state.maintenance_failures
+    )
+    assert value(text, "sla_maintenance_window_end_timestamp_seconds", sla_service="refused") == (
+        4070908800.0
+    )
+
+
+async def _maintenance_probes(exporter: Exporter, at_least: int) -> bool:
+    return exporter.store.services["refused"].maintenance_probes >= at_least
+
+
+async def test_month_tallies_are_exposed_and_written_to_disk(running, tmp_path: Path) -> None:
+    exporter, server, _, _ = running
+    await eventually(lambda: _probed(exporter))
+    _, text = await fetch(server, "/metrics")
+    months = [s for s in samples(text) if s[0] == "sla_month_probes"]
+    assert months
+    labels = dict(months[0][1])
+    state = exporter.store.services[labels["sla_service"]]
+    assert value(text, "sla_month_probes", **labels) <= state.probes
+    await exporter.stop()
+    assert (tmp_path / "ledger.json").exists()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_basic_auth_from_the_web_config_guards_every_endpoint(running) -> None:
+    import bcrypt
+
+    exporter, _, _, _ = running
+    hashed = bcrypt.hashpw(b"scrape-pass", bcrypt.gensalt(4)).decode()
+    web_config = WebConfig.model_validate({"basic_auth_users": {"prometheus": hashed}})
+    server = TestServer(make_app(exporter, web_config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            for path in ("/metrics", "/", "/-/healthy"):
+                async with session.get(server.make_url(path)) as resp:
+                    assert resp.status == 401
+            wrong = {"Authorization": basic("prometheus", "nope")}
+            async with session.get(server.make_url("/metrics"), headers=wrong) as resp:
+                assert resp.status == 401
+            garbled = {"Authorization": "Basic !!!"}
+            async with session.get(server.make_url("/metrics"), headers=garbled) as resp:
+                assert resp.status == 401
+            right = {"Authorization": basic("prometheus", "scrape-pass")}
+            for _ in range(2):  # the second time from the cache of verified pairs
+                async with session.get(server.make_url("/metrics"), headers=right) as resp:
+                    assert resp.status == 200
+    finally:
+        await server.close()
