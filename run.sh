@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 scripts/install.sh
 . .venv/bin/activate
 
-RUN=${RUN_DIR:-run}
+RUN=run  # examples/demo.yml reads its CA and SMTP password from here
 mkdir -p "$RUN"
 pids=()
 cleanup() {
@@ -36,7 +36,7 @@ config=${SLA_CONFIG:-}
 if [ -z "$config" ]; then
   config=examples/demo.yml
   # The demo's secrets, handed over the way a real deployment would: environment and a file.
-  export DEMO_API_TOKEN=demo-api-token DEMO_SMS_TOKEN=demo-sms-token
+  export DEMO_API_TOKEN="Bearer demo-api-token" DEMO_SMS_TOKEN=demo-sms-token
   printf 'demo-smtp-password\n' >"$RUN/smtp-password"
   chmod 600 "$RUN/smtp-password"
   sla-exporter-demo --ca-file "$RUN/demo-ca.pem" >"$RUN/demo.log" 2>&1 &

@@ -1,0 +1,252 @@
+"""The command line as users run it: a real process, real signals, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+CONFIG = """
+sla: {name: CLI test}
+services:
+  local:
+    interval: 1s
+    timeout: 500ms
+    http: {url: "http://127.0.0.1:9/", headers: {X-Token: !env CLI_SECRET}}
+"""
+SECRET = "cli-secret-5b1e"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sla_exporter", "--config.check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CLI_SECRET": SECRET},
+    )
+
+
+def test_config_check_accepts_a_good_file_and_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "sla.yml"
+    path.write_text(CONFIG)
+    result = run_check("--config.file", str(path))
+    assert (result.returncode, result.stdout) == (0, f"{path}: OK, 1 services\n")
+
+
+def test_config_check_prints_every_error_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "sla.yml"
+    path.write_text(
+        CONFIG.replace("timeout: 500ms", "timeout: 2s").replace("interval", "intervall")
+    )
+    result = run_check("--config.file", str(path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == f"{path}: 1 error"
+    assert 'services.local.intervall: unknown key "intervall"; did you mean "interval"?' in (
+        result.stdout
+    )
+    assert SECRET not in result.stdout
+
+
+def test_config_check_also_validates_the_web_config(tmp_path: Path) -> None:
+    path = tmp_path / "sla.yml"
+    path.write_text(CONFIG)
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_user: {}\n")
+    result = run_check("--config.file", str(path), "--web.config.file", str(web))
+    assert result.returncode == 1
+    assert 'basic_auth_user: unknown key "basic_auth_user"; did you mean "basic_auth_users"?' in (
+        result.stdout
+    )
+
+
+class Process:
+    """The exporter as a child process, with its stderr collected in a file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.stderr = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sla_exporter", *args],
+            stderr=self.stderr,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "CLI_SECRET": SECRET},
+        )
+
+    def wait_for(self, predicate: object, what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"exporter exited: {self.log.read_text()}"
+            if predicate():  # type: ignore[operator]  # a zero-argument callable
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{what} not seen within {timeout}s; log:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        self.stderr.close()
+        return code
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[tuple[Process, Path, int]]:
+    config = tmp_path / "sla.yml"
+    config.write_text(CONFIG)
+    port = free_port()
+    proc = Process(
+        [
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--storage.path",
+            str(tmp_path / "ledger.json"),
+            "--log.format",
+            "json",
+            "--log.level",
+            "debug",
+        ],
+        tmp_path / "stderr.log",
+    )
+    yield proc, config, port
+    if proc.proc.poll() is None:
+        proc.stop()
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+            return str(resp.read().decode())
+    except (urllib.error.URLError, ConnectionError):
+        return ""
+
+
+def test_sighup_with_a_bad_file_keeps_probing_and_logs_the_errors(
+    exporter: tuple[Process, Path, int],
+) -> None:
+    proc, config, port = exporter
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    proc.wait_for(lambda: 'sla_probes_total{sla_service="local"}' in get(metrics), "first probe")
+    config.write_text(CONFIG.replace("interval: 1s", "interval: often"))
+    proc.proc.send_signal(signal.SIGHUP)
+    proc.wait_for(
+        lambda: "sla_exporter_config_last_reload_successful 0.0" in get(metrics), "failed reload"
+    )
+    records = [json.loads(line) for line in proc.log.read_text().splitlines()]
+    failed = [r for r in records if "config reload failed" in r["msg"]]
+    assert failed and failed[0]["level"] == "error"
+    assert 'services.local.interval: must be a duration like "30s"' in failed[0]["msg"]
+
+    def probes() -> float:
+        for line in get(metrics).splitlines():
+            if line.startswith('sla_probes_total{sla_service="local"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = probes()
+    proc.wait_for(lambda: probes() > before, "probing on with the old config")
+    config.write_text(CONFIG.replace("local:", "renamed:"))
+    proc.proc.send_signal(signal.SIGHUP)
+    proc.wait_for(lambda: 'sla_service="renamed"' in get(metrics), "the new config")
+    assert 'sla_service="local"' not in get(metrics)
+    assert proc.stop() == 0
+    log = proc.log.read_text()
+    assert SECRET not in log
+    assert all(
+        {"ts", "level", "logger", "msg"} <= set(json.loads(line)) for line in log.splitlines()
+    )
+
+
+def test_a_bad_config_at_start_exits_1_with_every_error(tmp_path: Path) -> None:
+    config = tmp_path / "sla.yml"
+    config.write_text("sla: {name: x}\nservices: {a: {interval: 1s}}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sla_exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{free_port()}",
+            "--storage.path",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "services.a: must set exactly one probe kind (http, smtp, sms_gateway)" in result.stderr
+
+
+def test_logfmt_is_the_default_log_format(tmp_path: Path) -> None:
+    config = tmp_path / "sla.yml"
+    config.write_text(CONFIG)
+    port = free_port()
+    proc = Process(
+        [
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--storage.path",
+            "",
+        ],
+        tmp_path / "stderr.log",
+    )
+    proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")
+    assert proc.stop() == 0
+    first = proc.log.read_text().splitlines()[0]
+    assert first.startswith("ts=") and " level=info logger=sla_exporter msg=" in first
+
+
+def test_the_web_config_serves_over_tls(tmp_path: Path, ca: trustme.CA) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
+    )
+    config = tmp_path / "sla.yml"
+    config.write_text(CONFIG)
+    port = free_port()
+    proc = Process(
+        [
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--web.config.file",
+            str(tmp_path / "web.yml"),
+            "--storage.path",
+            "",
+        ],
+        tmp_path / "stderr.log",
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    proc.wait_for(lambda: "Ready" in get(f"https://127.0.0.1:{port}/-/ready", context), "TLS")
+    assert get(f"http://127.0.0.1:{port}/-/ready") == ""  # no plain HTTP beside it
+    assert proc.stop() == 0
