@@ -6,7 +6,7 @@ import json
 import os
 import re
 import shutil
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -194,6 +194,7 @@ def example_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("SMS_GATEWAY_TOKEN", "sms-token-value")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "smtp_password").write_text("smtp-password-value\n")
+    (tmp_path / "secrets" / "support_token").write_text("support-token-value-0123\n")
     path = tmp_path / "sla.yml"
     shutil.copy(EXAMPLES / "sla.yml", path)
     return path
@@ -246,6 +247,33 @@ def test_the_annotated_example_loads_with_its_secrets(example_env: Path) -> None
     assert not config.in_maintenance("website", datetime(2026, 3, 14, 23, tzinfo=UTC))
 
 
+def test_the_example_support_section_models_the_seed_slas(example_env: Path) -> None:
+    support = load(example_env).support
+    assert support is not None
+    assert support.database == str(example_env.parent / "data" / "support.db")
+    assert support.token.get_secret_value() == "support-token-value-0123"
+    zones = {name: c.timezone for name, c in support.calendars.items()}
+    assert zones == {
+        "europe": "Europe/Zurich",
+        "america": "America/Mexico_City",
+        "italy": "Europe/Rome",
+    }
+    italy = support.calendars["italy"].build("italy")
+    assert italy.weekly[0] == ((9 * 3600, 13 * 3600), (14 * 3600, 18 * 3600))
+    assert italy.is_closed(date(2026, 12, 25)) and italy.working_day == 8 * 3600
+    targets = {
+        name: {t: str(v.within) for t, v in p.targets.items()}
+        for name, p in support.policies.items()
+    }
+    assert targets["first-level-europe"] == {"first_response": "4h"}
+    assert targets["second-level-america"] == {"first_response": "8h"}
+    assert targets["legal-europe"] == {"first_response": "5 working days"}
+    assert targets["italy-second-level"] == {
+        "first_response": "4h",
+        "resolution": "4 working days",
+    }
+
+
 def test_the_example_never_shows_its_secrets(example_env: Path) -> None:
     config = load(example_env)
     for rendering in (
@@ -254,7 +282,13 @@ def test_the_example_never_shows_its_secrets(example_env: Path) -> None:
         config.model_dump_json(),
         str(config.model_dump()),
     ):
-        for secret in ("app-password-value", "api-token-value", "sms-token-value", "smtp-password"):
+        for secret in (
+            "app-password-value",
+            "api-token-value",
+            "sms-token-value",
+            "smtp-password",
+            "support-token-value",
+        ):
             assert secret not in rendering
 
 
@@ -262,13 +296,23 @@ def test_the_example_names_every_secret_it_needs_in_its_header() -> None:
     text = (EXAMPLES / "sla.yml").read_text()
     header = text.split("\nsla:", 1)[0]
     used = re.findall(r"^[^#\n]*!(?:env|file) (\S+)", text, re.MULTILINE)
-    assert len(used) == 4
+    assert len(used) == 5
     for name in used:
         assert name in header
 
 
-def test_the_demo_config_probes_loopback_every_few_seconds() -> None:
-    config = load(EXAMPLES / "demo.yml")
+def test_the_demo_config_probes_loopback_every_few_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca_file: str
+) -> None:
+    # Laid out as ./run.sh lays it out: the config in examples/, its CA and password in run/.
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "run").mkdir()
+    shutil.copy(EXAMPLES / "demo.yml", tmp_path / "examples" / "demo.yml")
+    shutil.copy(ca_file, tmp_path / "run" / "demo-ca.pem")
+    (tmp_path / "run" / "smtp-password").write_text("demo-smtp-password\n")
+    monkeypatch.setenv("DEMO_API_TOKEN", "Bearer demo-api-token")
+    monkeypatch.setenv("DEMO_SMS_TOKEN", "demo-sms-token")
+    config = load(tmp_path / "examples" / "demo.yml")
     assert {name: s.kind for name, s in config.services.items()} == {
         "website": "http",
         "app": "http",
@@ -278,13 +322,13 @@ def test_the_demo_config_probes_loopback_every_few_seconds() -> None:
     }
     assert all(5 <= s.interval <= 15 for s in config.services.values())
     smtp = config.services["smtp"].smtp
-    assert smtp is not None
+    assert smtp is not None and smtp.auth is not None
     assert (smtp.host, smtp.effective_port, smtp.effective_starttls) == (
         "127.0.0.1",
         9402,
-        "opportunistic",
+        "required",
     )
-    assert "127.0.0.1:9401" in (EXAMPLES / "demo.yml").read_text()
+    assert smtp.auth.password.get_secret_value() == "demo-smtp-password"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in GOOD.glob("*.yml")))

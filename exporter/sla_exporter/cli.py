@@ -111,7 +111,13 @@ def check(args: argparse.Namespace) -> int:
     status = 0
     try:
         config = config_mod.load(args.config_file)
-        print(f"{args.config_file}: OK, {len(config.services)} services")
+        support = config.support
+        extra = (
+            f", support: {len(support.calendars)} calendars, {len(support.policies)} policies"
+            if support is not None
+            else ""
+        )
+        print(f"{args.config_file}: OK, {len(config.services)} services{extra}")
     except ConfigInvalid as err:
         print(err)
         status = 1

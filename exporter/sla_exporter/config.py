@@ -591,6 +591,8 @@ class Config(Model):
     sla: SLA
     services: dict[ServiceName, Service] = Field(min_length=1)
     maintenance: list[Maintenance] = []
+    # Ticket clocks in business hours (support_config.py); resolved once both modules loaded.
+    support: support_config.SupportConfig | None = None
 
     def objective(self, service: str) -> float:
         """The service's objective, or the SLA's when the service sets none."""
@@ -966,6 +968,19 @@ def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
     return problem
 
 
+def explain(model: type[BaseModel], exc: ValidationError, data: Any) -> list[tuple[str, str]]:
+    """The errors of validating `data` into `model` as (dotted path, message), in the words
+    the SLA file's errors use; for other input checked with the same models (ticket events)."""
+    out = []
+    for detail in exc.errors():
+        path = _clean_loc(detail["loc"], data)
+        field = (detail.get("ctx") or {}).get("field")
+        if field:
+            path = (*path, field)
+        out.append((dotted(path), _message(model, detail, path)))
+    return out
+
+
 def parse_model(
     text: str,
     file: str,
@@ -1043,3 +1058,8 @@ def parse(
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the SLA config file at `path`."""
     return load_model(path, Config)
+
+
+# The `support:` section builds on the value types above, so it is imported last; Config's
+# annotation names the module, and pydantic resolves it at first use, in either import order.
+from . import support_config  # noqa: E402

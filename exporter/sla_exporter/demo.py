@@ -133,7 +133,7 @@ def make_receiver() -> web.Application:
     """A webhook receiver standing in for the pager and the ticket queue."""
     app = web.Application()
     app[PAGES] = []
-    app.router.add_post("/{route:page|ticket}", receive_alerts)
+    app.router.add_post("/{route:[a-z-]+}", receive_alerts)
     app.router.add_get("/", list_alerts)
     return app
 

@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from . import config as config_mod
 from .collector import Health, ServiceCollector
-from .config import Config, ConfigInvalid, Service
+from .config import Config, ConfigError, ConfigInvalid, Service
 from .ledger import Ledger
 from .probes import ProbeResult
 from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
 from .store import Store
+from .support import SupportDesk, SupportUnavailable
+from .support_collector import SupportCollector
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,16 @@ class Exporter:
         self.registry.register(
             ServiceCollector(self.store, lambda: self.ledger, lambda: self.config, self.clock.time)
         )
+        # Ticket clocks (the `support:` section); renders nothing while it is not configured.
+        self.support = SupportDesk(self.clock.time)
+        self.registry.register(SupportCollector(self.support))
         self._flusher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the config (raising ConfigInvalid if it is bad) and start probing."""
         config = config_mod.load(self.config_path)
+        await self.support.apply(config)  # SupportUnavailable (a RuntimeError) is fatal here
         self.ledger = Ledger(self.storage_path, config.sla.timezone)
         self._apply(config)
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flush")
@@ -72,6 +78,7 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.scheduler.stop()
+        await self.support.close()
         if self.ledger is not None:
             self.ledger.flush()
 
@@ -80,6 +87,11 @@ class Exporter:
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(config_mod.load, self.config_path)
+                try:
+                    await self.support.apply(config)
+                except SupportUnavailable as unavailable:
+                    error = ConfigError(self.config_path, 0, "support.database", str(unavailable))
+                    raise ConfigInvalid(self.config_path, [error]) from unavailable
             except ConfigInvalid as err:
                 self.health.reload_ok.set(0)
                 self.last_reload_error = str(err)

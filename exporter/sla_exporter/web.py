@@ -18,6 +18,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import __version__
 from .exporter import Exporter
+from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
@@ -49,6 +50,10 @@ def _basic_auth(users: dict[str, str]) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == EVENTS_PATH:
+            # The helpdesk authenticates with the support token in the same Authorization
+            # header, which cannot also carry basic auth; the handler checks that token.
+            return await handler(request)
         login, password = _credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
         if login in users:
             key = hashlib.sha256(salt + f"{login}\0{password}".encode()).digest()
@@ -86,6 +91,7 @@ def make_app(exporter: Exporter, web_config: WebConfig | None = None) -> web.App
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)
+    app.router.add_post(EVENTS_PATH, events_handler(exporter.support))
     return app
 
 
