@@ -126,6 +126,13 @@ class ServiceCollector(Collector):
         status = _gauge(
             "sla_probe_status_code", "Last HTTP status or SMTP reply code the probe received."
         )
+        consecutive = _gauge(
+            "sla_probe_consecutive_failures", "Failed probes in a row, up to the last one."
+        )
+        failing_since = _gauge(
+            "sla_probe_failing_since_timestamp_seconds",
+            "Unix time the first probe of the current run of failures started.",
+        )
         probes = _counter("sla_probes", "Probes run.")
         failures = _counter("sla_probe_failures", "Probes failed, for any reason.")
         reasons = _counter(
@@ -160,6 +167,9 @@ class ServiceCollector(Collector):
             maint_probes.add_metric([name], state.maintenance_probes)
             maint_failures.add_metric([name], state.maintenance_failures)
             missed.add_metric([name], state.missed_runs)
+            consecutive.add_metric([name], state.consecutive_failures)
+            if state.failing_since is not None:
+                failing_since.add_metric([name], state.failing_since)
             for reason, count in state.reasons.items():
                 reasons.add_metric([name, reason], count)
             windows = [m for m in config.maintenance if m.covers(name, when)]
@@ -180,7 +190,14 @@ class ServiceCollector(Collector):
                 status.add_metric([name], last.status_code)
         yield from (service_info, success, duration, phases, last_run, interval, timeout)
         yield from (objective, tls_expiry, status, probes, failures, reasons, maint_probes)
-        yield from (maint_failures, missed, maintenance, maintenance_end)
+        yield from (
+            maint_failures,
+            missed,
+            maintenance,
+            maintenance_end,
+            consecutive,
+            failing_since,
+        )
         yield from self._months(now)
 
     def _months(self, now: float) -> Iterator[Metric]:

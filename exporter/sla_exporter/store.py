@@ -25,6 +25,8 @@ class ServiceState:
     maintenance_probes: int = 0
     maintenance_failures: int = 0
     missed_runs: int = 0
+    consecutive_failures: int = 0  # failed probes in a row, up to the last one; 0 after a success
+    failing_since: float | None = None  # start of the first probe of that run of failures
     last_lag: float = 0.0
     recent_failures: deque[ProbeResult] = field(
         default_factory=lambda: deque(maxlen=RECENT_FAILURES)
@@ -62,7 +64,13 @@ class Store:
         state.last = result
         state.probes += 1
         state.maintenance_probes += in_maintenance
-        if not result.success:
+        if result.success:
+            state.consecutive_failures = 0
+            state.failing_since = None
+        else:
+            state.consecutive_failures += 1
+            if state.failing_since is None:
+                state.failing_since = result.timestamp
             assert result.reason is not None
             state.failures += 1
             state.reasons[result.reason.value] += 1
