@@ -116,3 +116,22 @@ def test_thirteen_months_are_kept_and_older_ones_pruned(tmp_path: Path) -> None:
     months = ledger.months("web", ts("2026-03-20T00:00:00+00:00"))
     assert months[0][0] == "2025-03"
     assert len(months) == 13
+
+
+def test_a_service_first_probed_mid_month_counts_its_month_from_that_probe() -> None:
+    ledger = Ledger(None, "UTC")
+    first = ts("2026-11-16T00:00:00+00:00")  # half of November is gone
+    ledger.record("api", first, success=True, in_maintenance=False, interval=60)
+    [(key, tally)] = ledger.months("api", first + 600)
+    assert ledger.monitored_from(key, tally) == first
+    # The next month is monitored from its first second: a gap there is unknown time.
+    ledger.record("api", ts("2026-12-03T00:00:00+00:00"), True, False, 60)
+    december = dict(ledger.months("api", ts("2026-12-03T00:00:00+00:00")))["2026-12"]
+    assert ledger.monitored_from("2026-12", december) == ts("2026-12-01T00:00:00+00:00")
+
+
+def test_a_service_not_probed_yet_has_no_unknown_time_behind_it() -> None:
+    ledger = Ledger(None, "UTC")
+    now = ts("2026-11-20T12:00:00+00:00")
+    [(key, tally)] = ledger.months("web", now)
+    assert ledger.monitored_from(key, tally) == now

@@ -218,7 +218,8 @@ class ServiceCollector(Collector):
         )
         month_slots = _gauge(
             "sla_month_slots",
-            "Probe slots in the whole calendar month at the service's interval.",
+            "Probe slots in the calendar month at the service's interval, counted from the "
+            "first probe if monitoring began during the month.",
             labels,
         )
         month_elapsed = _gauge(
@@ -242,8 +243,9 @@ class ServiceCollector(Collector):
                 month_probes.add_metric([name, key], tally.probes)
                 month_failures.add_metric([name, key], tally.failures)
                 month_maint.add_metric([name, key], tally.maintenance_probes)
-                month_slots.add_metric([name, key], (end - start) // step)
-                month_elapsed.add_metric([name, key], (min(now, end) - start) // step)
+                since = ledger.monitored_from(key, tally)
+                month_slots.add_metric([name, key], (end - since) // step)
+                month_elapsed.add_metric([name, key], max(0.0, min(now, end) - since) // step)
                 if key not in seen:
                     seen.add(key)
                     starts.add_metric([key], start)

@@ -107,21 +107,27 @@ async def toggle(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/-/demo")
 
 
-PAGES: web.AppKey[list[str]] = web.AppKey("pages")
+PAGES: web.AppKey[list[dict[str, Any]]] = web.AppKey("pages")
 
 
 async def receive_alerts(request: web.Request) -> web.Response:
-    """Alertmanager's webhook: print each notification the way on-call would read it."""
+    """Alertmanager's webhook: keep each notification and print it as on-call would read it."""
     payload = await request.json()
     route = request.match_info["route"]
     for alert in payload.get("alerts", []):
         labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
-        line = (
-            f"[{route}] {alert.get('status', '?').upper()} {labels.get('alertname')} "
-            f"{labels.get('sla_service', '')}: {annotations.get('summary', '')}"
+        status = alert.get("status", "?")
+        request.app[PAGES].append(
+            {"route": route, "status": status, "labels": labels, "annotations": annotations}
         )
-        request.app[PAGES].append(line)
-        log.warning("%s", line)
+        log.warning(
+            "[%s] %s %s %s: %s",
+            route,
+            status.upper(),
+            labels.get("alertname"),
+            labels.get("sla_service", ""),
+            annotations.get("summary", ""),
+        )
     return web.Response(text="ok")
 
 
@@ -245,3 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(run(args.host, args.http_port, args.smtp_port, args.receiver_port, args.ca_file))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

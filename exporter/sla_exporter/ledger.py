@@ -30,6 +30,10 @@ class Tally:
     failures: int = 0  # outside maintenance: the SLA's numerator
     maintenance_probes: int = 0
     interval: float = 60.0  # the service's interval when it last probed in this month
+    # When monitoring of the service began, if it began during this month (its first probe
+    # ever); None for a month that was monitored from its start. Slots before it are not
+    # "unknown": nobody had promised to watch them yet.
+    since: float | None = None
 
 
 def month_key(timestamp: float, zone: ZoneInfo) -> str:
@@ -77,9 +81,11 @@ class Ledger:
         self, service: str, timestamp: float, success: bool, in_maintenance: bool, interval: float
     ) -> None:
         """Count one probe that started at `timestamp` in the month it started in."""
-        tally = self.tallies.setdefault(service, {}).setdefault(
-            month_key(timestamp, self.zone), Tally()
-        )
+        months = self.tallies.setdefault(service, {})
+        key = month_key(timestamp, self.zone)
+        tally = months.get(key)
+        if tally is None:
+            tally = months[key] = Tally(since=None if months else timestamp)
         tally.interval = interval
         if in_maintenance:
             tally.maintenance_probes += 1
@@ -88,12 +94,19 @@ class Ledger:
             tally.failures += not success
         self._dirty = True
 
+    def monitored_from(self, key: str, tally: Tally) -> float:
+        """Unix time from which month `key` counts: its start, or the first probe if later."""
+        start = month_bounds(key, self.zone)[0]
+        return start if tally.since is None else max(start, tally.since)
+
     def months(self, service: str, now: float) -> list[tuple[str, Tally]]:
         """The kept months of `service`, oldest first, with the current month always present."""
         months = self.tallies.get(service, {})
         current = month_key(now, self.zone)
         keys = sorted({*months, current})[-self.keep_months :]
-        return [(key, months.get(key) or Tally()) for key in keys]
+        # A service never probed yet is monitored from now on, not from the month's start.
+        fresh = Tally(since=None if months else now)
+        return [(key, months.get(key) or fresh) for key in keys]
 
     def prune(self) -> None:
         """Drop months older than the kept window.

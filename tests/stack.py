@@ -1,0 +1,289 @@
+"""The bundle as real processes on loopback: demo services, exporter, Prometheus, Alertmanager.
+
+Used by the end-to-end and dashboard tests. Each process gets free ports and a private
+directory; the shipped configs are used with only ports, timings and the e-mail receiver
+(no network here) rewritten, so what is tested is what ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.2)
+
+
+def http_get(url: str, timeout: float = 5.0) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def http_post(url: str, accept: str = "application/json") -> str:
+    request = urllib.request.Request(url, method="POST", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(
+            f"{name} is not on PATH: install Debian's prometheus and prometheus-alertmanager"
+        )
+    return path
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+
+
+def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
+    log = workdir / f"{name}.log"
+    out = log.open("wb")
+    popen = subprocess.Popen(
+        args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, **(env or {})}
+    )
+    out.close()
+    return Process(name, popen, log)
+
+
+@dataclass
+class Stack:
+    """URLs and handles of a running stack."""
+
+    workdir: Path
+    demo: str  # the demo services, http://127.0.0.1:PORT
+    smtp_port: int
+    receiver: str  # the webhook receiver that records pages and tickets
+    exporter: str
+    prometheus: str
+    alertmanager: str
+    config: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Run an instant query in Prometheus; raise with Prometheus' error if it fails."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = str(at)
+        url = f"{self.prometheus}/api/v1/query?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"query failed: {promql}\n{err.read().decode()}") from None
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[Any]:
+        params = {"query": promql, "start": str(start), "end": str(end), "step": str(step)}
+        url = f"{self.prometheus}/api/v1/query_range?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"query failed: {promql}\n{err.read().decode()}") from None
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Alerts the webhook receiver got, oldest first: route, status, labels, annotations."""
+        return list(json.loads(http_get(self.receiver + "/") or "[]"))
+
+    def set_service(self, name: str, up: bool) -> None:
+        http_post(f"{self.demo}/-/demo/{'up' if up else 'down'}/{name}")
+
+    def reload_exporter(self) -> None:
+        http_post(f"{self.exporter}/-/reload", accept="text/plain")
+
+
+def demo_config(http_port: int, smtp_port: int, workdir: Path, interval: str = "1s") -> str:
+    """examples/demo.yml pointed at the test's ports, probing every `interval`."""
+    text = (ROOT / "examples" / "demo.yml").read_text()
+    text = text.replace("127.0.0.1:9401", f"127.0.0.1:{http_port}")
+    text = text.replace("port: 9402", f"port: {smtp_port}")
+    text = text.replace("../run/", f"{workdir}/")
+    for old in ("15s", "10s", "5s"):
+        text = text.replace(f"interval: {old}", f"interval: {interval}")
+    return text
+
+
+def prometheus_config(workdir: Path, exporter_port: int, alertmanager_port: int) -> Path:
+    """prometheus/prometheus.yml with 1s scrapes and evaluations and the test's ports."""
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ROOT / "prometheus" / "rules" / "*.yml")]
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+        f"127.0.0.1:{alertmanager_port}"
+    ]
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{exporter_port}"]
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def alertmanager_config(workdir: Path, receiver_port: int) -> Path:
+    """alertmanager/alertmanager.yml with fast grouping, our receiver, and no e-mail."""
+    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    config["route"].update(group_wait="1s", group_interval="1s")
+    config["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
+    for receiver in config["receivers"]:
+        receiver.pop("email_configs", None)
+        for hook in receiver.get("webhook_configs", []):
+            path = urllib.parse.urlsplit(hook["url"]).path
+            hook["url"] = f"http://127.0.0.1:{receiver_port}{path}"
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def running_stack(workdir: Path, extra_config: str = "") -> Iterator[Stack]:
+    """Start everything, wait until each answers, and stop it all afterwards."""
+    http_port, smtp_port, receiver_port = free_port(), free_port(), free_port()
+    exporter_port, prometheus_port, am_port = free_port(), free_port(), free_port()
+    (workdir / "smtp-password").write_text("demo-smtp-password\n")
+    config = workdir / "sla.yml"
+    config.write_text(demo_config(http_port, smtp_port, workdir) + extra_config)
+    python = [sys.executable, "-m"]
+    secrets = {"DEMO_API_TOKEN": "Bearer demo-api-token", "DEMO_SMS_TOKEN": "demo-sms-token"}
+    with ExitStack() as stack:
+        processes: dict[str, Process] = {}
+
+        def launch(name: str, args: list[str], ready: str) -> None:
+            processes[name] = proc = start(name, args, workdir, secrets)
+            stack.callback(proc.stop)
+
+            def up() -> bool:
+                proc.alive()
+                return http_get(ready) is not None
+
+            wait_for(up, f"{name} ready at {ready}")
+
+        demo = f"http://127.0.0.1:{http_port}"
+        launch(
+            "demo",
+            [
+                *python,
+                "sla_exporter.demo",
+                "--http-port",
+                str(http_port),
+                "--smtp-port",
+                str(smtp_port),
+                "--receiver-port",
+                str(receiver_port),
+                "--ca-file",
+                str(workdir / "demo-ca.pem"),
+            ],
+            f"{demo}/-/demo",
+        )
+        exporter = f"http://127.0.0.1:{exporter_port}"
+        launch(
+            "exporter",
+            [
+                *python,
+                "sla_exporter",
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{exporter_port}",
+                "--storage.path",
+                str(workdir / "ledger.json"),
+                "--log.level",
+                "debug",
+            ],
+            f"{exporter}/-/ready",
+        )
+        alertmanager = f"http://127.0.0.1:{am_port}"
+        launch(
+            "alertmanager",
+            [
+                tool("prometheus-alertmanager"),
+                "--config.file",
+                str(alertmanager_config(workdir, receiver_port)),
+                "--storage.path",
+                str(workdir / "am"),
+                "--web.listen-address",
+                f"127.0.0.1:{am_port}",
+                "--cluster.listen-address=",
+            ],
+            f"{alertmanager}/-/ready",
+        )
+        prometheus = f"http://127.0.0.1:{prometheus_port}"
+        launch(
+            "prometheus",
+            [
+                tool("prometheus"),
+                "--config.file",
+                str(prometheus_config(workdir, exporter_port, am_port)),
+                "--storage.tsdb.path",
+                str(workdir / "tsdb"),
+                "--web.listen-address",
+                f"127.0.0.1:{prometheus_port}",
+            ],
+            f"{prometheus}/-/ready",
+        )
+        yield Stack(
+            workdir=workdir,
+            demo=demo,
+            smtp_port=smtp_port,
+            receiver=f"http://127.0.0.1:{receiver_port}",
+            exporter=exporter,
+            prometheus=prometheus,
+            alertmanager=alertmanager,
+            config=config,
+            processes=processes,
+        )
