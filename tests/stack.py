@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sla_exporter.demo import local_alertmanager_config
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -177,16 +179,9 @@ def prometheus_config(workdir: Path, exporter_port: int, alertmanager_port: int)
 
 def alertmanager_config(workdir: Path, receiver_port: int) -> Path:
     """alertmanager/alertmanager.yml with fast grouping, our receiver, and no e-mail."""
-    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
-    config["route"].update(group_wait="1s", group_interval="1s")
-    config["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
-    for receiver in config["receivers"]:
-        receiver.pop("email_configs", None)
-        for hook in receiver.get("webhook_configs", []):
-            path = urllib.parse.urlsplit(hook["url"]).path
-            hook["url"] = f"http://127.0.0.1:{receiver_port}{path}"
     path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config))
+    source = ROOT / "alertmanager" / "alertmanager.yml"
+    path.write_text(local_alertmanager_config(source, receiver_port, fast=True))
     return path
 
 

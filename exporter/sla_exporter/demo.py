@@ -16,7 +16,9 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import yaml
 from aiohttp import web
 
 log = logging.getLogger("sla_exporter.demo")
@@ -240,6 +242,24 @@ async def run(host: str, http_port: int, smtp_port: int, receiver_port: int, ca_
     await receiver.cleanup()
 
 
+def local_alertmanager_config(source: Path, receiver_port: int, fast: bool = False) -> str:
+    """The shipped Alertmanager config made fit for loopback: webhooks to our receiver, no e-mail.
+
+    The e-mail receivers name a relay on the internet, which a demo or a test must not reach.
+    `fast` groups and repeats within seconds, for tests that wait for a notification.
+    """
+    config = yaml.safe_load(source.read_text())
+    if fast:
+        config["route"].update(group_wait="1s", group_interval="1s")
+    config["templates"] = [str(source.parent.resolve() / t) for t in config.get("templates", [])]
+    for receiver in config["receivers"]:
+        receiver.pop("email_configs", None)
+        for hook in receiver.get("webhook_configs", []):
+            path = urlsplit(hook["url"]).path
+            hook["url"] = f"http://127.0.0.1:{receiver_port}{path}"
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sla-exporter-demo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -247,7 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smtp-port", type=int, default=9402)
     parser.add_argument("--receiver-port", type=int, default=9095, help="alert webhook sink")
     parser.add_argument("--ca-file", type=Path, default=Path("run/demo-ca.pem"))
+    parser.add_argument(
+        "--print-alertmanager-config",
+        type=Path,
+        metavar="FILE",
+        help="print FILE made fit for the demo (webhooks to the receiver, no e-mail) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.print_alertmanager_config:
+        print(local_alertmanager_config(args.print_alertmanager_config, args.receiver_port), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(run(args.host, args.http_port, args.smtp_port, args.receiver_port, args.ca_file))
     return 0
