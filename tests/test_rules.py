@@ -332,6 +332,120 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_must_not(na
     assert stays_quiet, f"no unit test where {name} must not fire"
 
 
+# One token of promtool's series notation: `_`, `stale`, a number, `_xN`, `axN`, `a+bxN`, `a-bxN`.
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+EXPANDING = re.compile(rf"(?P<a>{NUMBER})(?:(?P<op>[-+])(?P<b>{NUMBER}))?x(?P<n>\d+)")
+MISSING = None  # `_`: no sample at this step
+STALE = "stale"
+
+
+def expand_series(values: str) -> list[float | str | None]:
+    """promtool's `values` of an input series, one entry per step: a number, MISSING or STALE.
+
+    As promtool reads it: `a+bxn` is n+1 samples a, a+b, ..., a+n*b; `axn` is a n+1 times; `_xn`
+    is n missing samples (not n+1: a missing sample cannot increment).
+    """
+    samples: list[float | str | None] = []
+    for token in values.split():
+        if token == "_":
+            samples.append(MISSING)
+        elif token == STALE:
+            samples.append(STALE)
+        elif re.fullmatch(r"_x\d+", token):
+            samples += [MISSING] * int(token[2:])
+        elif match := EXPANDING.fullmatch(token):
+            a, n = float(match["a"]), int(match["n"])
+            b = float(match["b"] or 0) * (-1 if match["op"] == "-" else 1)
+            samples += [a + i * b for i in range(n + 1)]
+        else:
+            samples.append(float(token))
+    return samples
+
+
+def parse_series(series: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`name{a="1",b="2"}` -> ("name", (("a", "1"), ("b", "2"))), labels sorted."""
+    name, _, rest = series.partition("{")
+    labels = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)
+    return name.strip(), tuple(sorted(labels))
+
+
+def probe_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(id, test case) for every unit test that feeds sla_probe_success."""
+    return [
+        (f"{path.name}: {case['name']}", case)
+        for path in RULE_TESTS
+        for case in load_yaml(path)["tests"]
+        if any(
+            parse_series(s["series"])[0] == "sla_probe_success"
+            for s in case.get("input_series", [])
+        )
+    ]
+
+
+@pytest.mark.parametrize("case", [c for _, c in probe_cases()], ids=[i for i, _ in probe_cases()])
+def test_the_run_of_failures_gauges_of_every_unit_test_agree_with_its_probe_results(
+    case: dict[str, Any],
+) -> None:
+    """The exporter's sla_probe_consecutive_failures and sla_probe_failing_since_timestamp_seconds
+    fed to a unit test tell the same story as its sla_probe_success, sample by sample: the count
+    goes up by one per failed probe and is 0 after a success; the start is the start time
+    (sla_probe_last_run_timestamp_seconds) of the run's first failed probe, and the series leaves
+    /metrics on the first success, which a real Prometheus records as a staleness marker (`stale`;
+    a bare `_` would keep the old start visible to the rules for 5 more minutes).
+    """
+    series: dict[tuple[tuple[str, str], ...], dict[str, list[float | str | None]]] = {}
+    for s in case["input_series"]:
+        name, labels = parse_series(s["series"])
+        series.setdefault(labels, {})[name] = expand_series(str(s["values"]))
+    for labels, metrics in series.items():
+        if "sla_probe_success" not in metrics:
+            continue
+        where = ",".join(f"{k}={v}" for k, v in labels)
+        success = metrics["sla_probe_success"]
+        consecutive = metrics.get("sla_probe_consecutive_failures")
+        since = metrics.get("sla_probe_failing_since_timestamp_seconds")
+        last_run = metrics.get("sla_probe_last_run_timestamp_seconds")
+        assert consecutive is not None, f"{where}: no sla_probe_consecutive_failures"
+        assert len(consecutive) == len(success), (
+            f"{where}: consecutive failures and success differ in length"
+        )
+        failed_any = any(value == 0 for value in success)
+        if not failed_any:
+            assert since is None, f"{where}: failing_since without a failed probe"
+        else:
+            assert since is not None, f"{where}: no sla_probe_failing_since_timestamp_seconds"
+            assert last_run is not None, f"{where}: no sla_probe_last_run_timestamp_seconds"
+            assert len(since) == len(success), (
+                f"{where}: failing_since and success differ in length"
+            )
+        count, start = 0.0, None
+        for step, up in enumerate(success):
+            assert up in (0, 1), f"{where}: sla_probe_success[{step}] = {up}"
+            if up == 0:
+                if count == 0:
+                    start = last_run[step] if last_run else None
+                count += 1
+            else:
+                count, start = 0, None
+            assert consecutive[step] == count, (
+                f"{where}: sla_probe_consecutive_failures[{step}] = {consecutive[step]}, "
+                f"expected {count}"
+            )
+            if since is None:
+                continue
+            if start is not None:
+                assert since[step] == start, (
+                    f"{where}: failing_since[{step}] = {since[step]}, expected {start}"
+                )
+            else:
+                was_present = step > 0 and isinstance(since[step - 1], float)
+                expected = STALE if was_present else MISSING
+                assert since[step] == expected, (
+                    f"{where}: failing_since[{step}] = {since[step]!r}, expected "
+                    f"{'stale (the series just left /metrics)' if was_present else '_ (absent)'}"
+                )
+
+
 # ------------------------------------------------------------------------------------------------
 # A real Alertmanager: inhibition and what a page says
 #
@@ -724,11 +838,15 @@ def exporter_metrics(now: float) -> str:
             "sla_maintenance_probe_failures_total": 0,
             "sla_probe_success": 1 if failures == 0 else 0,
             "sla_probe_last_run_timestamp_seconds": now - 5,
+            # smtp's last probe failed: the 4th in a row, the first of them 3 intervals earlier.
+            "sla_probe_consecutive_failures": 0 if failures == 0 else 4,
             "sla_probe_interval_seconds": 60,
             "sla_objective_ratio": 0.99,
             "sla_maintenance": 0,
             "sla_probe_tls_cert_expiry_timestamp_seconds": now + 90 * 86400,
         }
+        if failures:  # absent while the last probe succeeded
+            values["sla_probe_failing_since_timestamp_seconds"] = now - 5 - 3 * 60
         for name, value in values.items():
             families.setdefault(name, []).append(f"{name}{{{labels}}} {value}")
         families.setdefault("sla_probe_failure_reasons_total", []).append(
@@ -851,6 +969,16 @@ def test_every_rule_evaluates_without_error_in_a_real_prometheus(
             pooled = value("sla_service:probe_errors:ratio_rate5m")
             assert pooled["sla_service=website"] == 0
             assert pooled["sla_service=smtp"] == pytest.approx(1 / 3, abs=0.05)
+            # The run of failures comes from the exporter's own gauges, per location; a service
+            # whose last probe succeeded has neither figure.
+            assert value("sla_service_location:probe_consecutive_failures:count") == {
+                "location=fra,sla_service=smtp": 4,
+                "location=zrh,sla_service=smtp": 4,
+            }
+            since = value("sla_service_location:probe_failing_since:timestamp_seconds")
+            assert set(since) == {"location=fra,sla_service=smtp", "location=zrh,sla_service=smtp"}
+            for started in since.values():
+                assert started == pytest.approx(time.time() - 5 - 3 * 60, abs=30)
             # The month figures exist per service, location and month; only one month is current.
             assert len(value("sla_service_location_month:sla_met:bool")) == 8
             assert set(value("location_month:sla_month_current:bool")) == {
