@@ -59,6 +59,8 @@ def test_month_slots_are_the_calendar_month_at_the_service_interval(
     figures = render(ts(now), ledger)
     assert figures[("sla_month_slots", "api", month)] == api_slots
     assert figures[("sla_month_slots", "website", month)] == website_slots
+    assert figures[("sla_month_slot_seconds", "api", month)] == 60
+    assert figures[("sla_month_slot_seconds", "website", month)] == 300
 
 
 def test_elapsed_slots_count_whole_intervals_since_local_midnight_of_the_first() -> None:

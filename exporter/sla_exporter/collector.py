@@ -225,6 +225,11 @@ class ServiceCollector(Collector):
         month_elapsed = _gauge(
             "sla_month_elapsed_slots", "Probe slots of the calendar month elapsed so far.", labels
         )
+        month_slot = _gauge(
+            "sla_month_slot_seconds",
+            "Length of one probe slot of the calendar month: the interval it is probed at.",
+            labels,
+        )
         starts = GaugeMetricFamily(
             "sla_month_start_timestamp_seconds",
             "Unix time the calendar month starts.",
@@ -243,6 +248,7 @@ class ServiceCollector(Collector):
                 month_probes.add_metric([name, key], tally.probes)
                 month_failures.add_metric([name, key], tally.failures)
                 month_maint.add_metric([name, key], tally.maintenance_probes)
+                month_slot.add_metric([name, key], step)
                 since = ledger.monitored_from(key, tally)
                 month_slots.add_metric([name, key], (end - since) // step)
                 month_elapsed.add_metric([name, key], max(0.0, min(now, end) - since) // step)
@@ -250,5 +256,12 @@ class ServiceCollector(Collector):
                     seen.add(key)
                     starts.add_metric([key], start)
                     ends.add_metric([key], end)
-        yield from (month_probes, month_failures, month_maint, month_slots, month_elapsed)
+        yield from (
+            month_probes,
+            month_failures,
+            month_maint,
+            month_slots,
+            month_elapsed,
+            month_slot,
+        )
         yield from (starts, ends)
