@@ -116,30 +116,29 @@ class Stack:
     config: Path
     processes: dict[str, Process] = field(default_factory=dict)
 
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        """Run an instant query in Prometheus; raise with Prometheus' error if it fails."""
-        params = {"query": promql}
-        if at is not None:
-            params["time"] = str(at)
-        url = f"{self.prometheus}/api/v1/query?{urllib.parse.urlencode(params)}"
+    def _api(self, endpoint: str, params: dict[str, str]) -> list[Any]:
+        """Call a Prometheus query endpoint; raise with Prometheus' own error if it fails."""
+        url = f"{self.prometheus}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
         try:
             with urllib.request.urlopen(url, timeout=10) as resp:
                 body = json.load(resp)
         except urllib.error.HTTPError as err:
-            raise AssertionError(f"query failed: {promql}\n{err.read().decode()}") from None
+            raise AssertionError(
+                f"query failed: {params['query']}\n{err.read().decode()}"
+            ) from None
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Run an instant query in Prometheus."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = str(at)
+        return self._api("query", params)
+
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[Any]:
         params = {"query": promql, "start": str(start), "end": str(end), "step": str(step)}
-        url = f"{self.prometheus}/api/v1/query_range?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                body = json.load(resp)
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"query failed: {promql}\n{err.read().decode()}") from None
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
+        return self._api("query_range", params)
 
     def notifications(self) -> list[dict[str, Any]]:
         """Alerts the webhook receiver got, oldest first: route, status, labels, annotations."""

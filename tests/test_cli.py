@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.stack import free_port
+
 CONFIG = """
 sla: {name: CLI test}
 services:
@@ -27,12 +28,6 @@ services:
     http: {url: "http://127.0.0.1:9/", headers: {X-Token: !env CLI_SECRET}}
 """
 SECRET = "cli-secret-5b1e"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,29 +103,26 @@ class Process:
         return code
 
 
-@pytest.fixture
-def exporter(tmp_path: Path) -> Iterator[tuple[Process, Path, int]]:
+def launch(tmp_path: Path, *extra: str, storage: str = "") -> tuple[Process, Path, int]:
+    """Start `sla-exporter` on a free port with CONFIG; returns the process, config and port."""
     config = tmp_path / "sla.yml"
     config.write_text(CONFIG)
     port = free_port()
-    proc = Process(
-        [
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--storage.path",
-            str(tmp_path / "ledger.json"),
-            "--log.format",
-            "json",
-            "--log.level",
-            "debug",
-        ],
-        tmp_path / "stderr.log",
+    args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"]
+    proc = Process([*args, "--storage.path", storage, *extra], tmp_path / "stderr.log")
+    return proc, config, port
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[tuple[Process, Path, int]]:
+    running = launch(
+        tmp_path,
+        *("--log.format", "json", "--log.level", "debug"),
+        storage=str(tmp_path / "ledger.json"),
     )
-    yield proc, config, port
-    if proc.proc.poll() is None:
-        proc.stop()
+    yield running
+    if running[0].proc.poll() is None:
+        running[0].stop()
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> str:
@@ -202,20 +194,7 @@ def test_a_bad_config_at_start_exits_1_with_every_error(tmp_path: Path) -> None:
 
 
 def test_logfmt_is_the_default_log_format(tmp_path: Path) -> None:
-    config = tmp_path / "sla.yml"
-    config.write_text(CONFIG)
-    port = free_port()
-    proc = Process(
-        [
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--storage.path",
-            "",
-        ],
-        tmp_path / "stderr.log",
-    )
+    proc, _, port = launch(tmp_path)
     proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")
     assert proc.stop() == 0
     first = proc.log.read_text().splitlines()[0]
@@ -229,22 +208,7 @@ def test_the_web_config_serves_over_tls(tmp_path: Path, ca: trustme.CA) -> None:
     (tmp_path / "web.yml").write_text(
         "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
     )
-    config = tmp_path / "sla.yml"
-    config.write_text(CONFIG)
-    port = free_port()
-    proc = Process(
-        [
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--web.config.file",
-            str(tmp_path / "web.yml"),
-            "--storage.path",
-            "",
-        ],
-        tmp_path / "stderr.log",
-    )
+    proc, _, port = launch(tmp_path, "--web.config.file", str(tmp_path / "web.yml"))
     context = ssl.create_default_context()
     ca.configure_trust(context)
     proc.wait_for(lambda: "Ready" in get(f"https://127.0.0.1:{port}/-/ready", context), "TLS")
