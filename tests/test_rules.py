@@ -446,6 +446,81 @@ def test_the_run_of_failures_gauges_of_every_unit_test_agree_with_its_probe_resu
                 )
 
 
+# The exporter's per-service month tallies (docs/METRICS.md, "Calendar months"): a unit test that
+# feeds one of them feeds them all, for the same series and steps.
+MONTH_TALLIES = (
+    "sla_month_probes",
+    "sla_month_probe_failures",
+    "sla_month_maintenance_probes",
+    "sla_month_slots",
+    "sla_month_slot_seconds",
+    "sla_month_elapsed_slots",
+)
+
+
+def month_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(id, test case) for every unit test that feeds any of the month tallies."""
+    return [
+        (f"{path.name}: {case['name']}", case)
+        for path in RULE_TESTS
+        for case in load_yaml(path)["tests"]
+        if any(parse_series(s["series"])[0] in MONTH_TALLIES for s in case.get("input_series", []))
+    ]
+
+
+@pytest.mark.parametrize("case", [c for _, c in month_cases()], ids=[i for i, _ in month_cases()])
+def test_the_month_tallies_of_every_unit_test_agree_with_each_other_and_the_month(
+    case: dict[str, Any],
+) -> None:
+    """Whatever a unit test feeds of a service's month, it feeds all of it, as the exporter does:
+    the six tallies with the same labels; probes and maintenance probes within the elapsed slots,
+    those within the month's slots; and the slots, at sla_month_slot_seconds each, within the
+    month's start..end of that location: all of it for a month monitored from its start, less in
+    the month monitoring began (counted from the first probe).
+    """
+    series: dict[tuple[tuple[str, str], ...], dict[str, list[float | str | None]]] = {}
+    bounds: dict[tuple[str, str], dict[str, list[float | str | None]]] = {}
+    for s in case["input_series"]:
+        name, labels = parse_series(s["series"])
+        values = expand_series(str(s["values"]))
+        if name in MONTH_TALLIES:
+            series.setdefault(labels, {})[name] = values
+        elif name in ("sla_month_start_timestamp_seconds", "sla_month_end_timestamp_seconds"):
+            of = dict(labels)
+            bounds.setdefault((of["location"], of["month"]), {})[name] = values
+    for labels, tallies in series.items():
+        where = ",".join(f"{k}={v}" for k, v in labels)
+        missing = sorted(set(MONTH_TALLIES) - set(tallies))
+        assert not missing, f"{where}: feeds some month tallies but not {missing}"
+        assert len({len(v) for v in tallies.values()}) == 1, f"{where}: tallies differ in length"
+        location, month = dict(labels)["location"], dict(labels)["month"]
+        month_bounds = bounds.get((location, month), {})
+        assert len(month_bounds) == 2, f"{where}: no start and end of {month} in {location}"
+        start = month_bounds["sla_month_start_timestamp_seconds"]
+        end = month_bounds["sla_month_end_timestamp_seconds"]
+        for step in range(len(tallies["sla_month_slots"])):
+            t = {
+                name: value
+                for name, values in tallies.items()
+                if isinstance(value := values[step], float)
+            }
+            if len(t) < len(MONTH_TALLIES):
+                continue  # a step without samples: nothing to compare
+            assert t["sla_month_slot_seconds"] > 0, f"{where}[{step}]: slot of {t}"
+            assert (
+                t["sla_month_probes"] + t["sla_month_maintenance_probes"]
+                <= t["sla_month_elapsed_slots"]
+                <= t["sla_month_slots"]
+            ), f"{where}[{step}]: more probes than slots: {t}"
+            assert t["sla_month_probe_failures"] <= t["sla_month_probes"], f"{where}[{step}]: {t}"
+            first, last = start[step], end[step]
+            if isinstance(first, float) and isinstance(last, float):
+                covered = t["sla_month_slots"] * t["sla_month_slot_seconds"]
+                assert covered <= last - first, (
+                    f"{where}[{step}]: {covered} s of slots in a month of {last - first} s"
+                )
+
+
 # ------------------------------------------------------------------------------------------------
 # A real Alertmanager: inhibition and what a page says
 #
@@ -862,6 +937,7 @@ def exporter_metrics(now: float) -> str:
                 ("sla_month_probe_failures", failed),
                 ("sla_month_maintenance_probes", maintenance),
                 ("sla_month_slots", slots),
+                ("sla_month_slot_seconds", 60),
                 ("sla_month_elapsed_slots", elapsed),
             ):
                 families.setdefault(name, []).append(f'{name}{{{labels},month="{month}"}} {value}')
@@ -981,6 +1057,13 @@ def test_every_rule_evaluates_without_error_in_a_real_prometheus(
                 assert started == pytest.approx(time.time() - 5 - 3 * 60, abs=30)
             # The month figures exist per service, location and month; only one month is current.
             assert len(value("sla_service_location_month:sla_met:bool")) == 8
+            # The slot length is the exporter's own, with the level's labels and no others.
+            assert value("sla_service_location_month:slot:seconds") == {
+                f"location={location},month={month},sla_service={service}": 60
+                for location in ("fra", "zrh")
+                for month in ("2026-10", "2026-11")
+                for service in ("smtp", "website")
+            }
             assert set(value("location_month:sla_month_current:bool")) == {
                 "location=fra,month=2026-11",
                 "location=zrh,month=2026-11",
