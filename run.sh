@@ -19,7 +19,8 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
 wait_for() {  # wait_for NAME URL: poll until the URL answers, for at most 30 s
   for _ in $(seq 300); do
