@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install.sh
 . .venv/bin/activate
-ruff check exporter tests
-ruff format --check exporter tests
+ruff check exporter tests grafana bench
+ruff format --check exporter tests grafana bench
 mypy
 python -m pytest "$@"

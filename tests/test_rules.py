@@ -1022,7 +1022,17 @@ def test_every_rule_evaluates_without_error_in_a_real_prometheus(
                     series = prometheus_api(
                         url, "/api/v1/query?query=sla_service:probe_errors:ratio_rate5m"
                     )
-                    if len(series["result"]) == 2:
+                    # ... and both locations through every group, recording and month alike
+                    # (groups run on their own timers: one may lag a scrape behind another).
+                    later = prometheus_api(
+                        url,
+                        "/api/v1/query?query="
+                        + urllib.parse.quote(
+                            "count(sla_service_location:probe_consecutive_failures:count)"
+                            " + count(sla_service_location_month:sla_met:bool)"
+                        ),
+                    )["result"]
+                    if len(series["result"]) == 2 and later and later[0]["value"][1] == "10":
                         return rules
                 return None
 
