@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install.sh
 . .venv/bin/activate
-ruff check exporter tests grafana bench
-ruff format --check exporter tests grafana bench
+ruff check exporter tests grafana
+ruff format --check exporter tests grafana
 mypy
 python -m pytest "$@"
