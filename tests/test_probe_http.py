@@ -329,7 +329,8 @@ async def test_a_body_cut_short_of_its_content_length_is_a_protocol_failure() ->
         result = await check({"url": f"{server.url}/"})
     assert result.reason == Reason.PROTOCOL
     assert (
-        result.message == "broken response body (Response payload is not completed) during transfer"
+        result.message == "broken response body (peer closed connection without sending complete "
+        "message body (received 10 bytes, expected 100)) during transfer"
     )
 
 

@@ -77,14 +77,34 @@ class Trace:
         self._phase_start = clock()
         self.tls_expiry: float | None = None
         self.status_code: int | None = None
+        self.began: float | None = None  # when the first phase (dns or connect) began
+        self.settled: float | None = None  # when the last answer arrived, if it has
 
     def enter(self, phase: str) -> None:
         """End the current phase (adding its time) and start `phase`."""
         now = self._clock()
-        if self.phase != "start":
-            self.phases[self.phase] = self.phases.get(self.phase, 0.0) + now - self._phase_start
+        self._add(now)
+        if self.began is None:
+            self.began = now
         self.phase = phase
         self._phase_start = now
+        self.settled = None
+
+    def settle(self, at: float | None = None) -> None:
+        """The last byte of the probe's last answer arrived (now, or `at`): its clock stops.
+
+        Called where the byte is received, so the time the event loop takes to get back to the
+        probe (other probes' answers, checks, bookkeeping) is not counted as the service's.
+        Entering a phase afterwards (another step) starts the clock again.
+        """
+        now = self._clock() if at is None else at
+        self._add(now)
+        self._phase_start = now
+        self.settled = now
+
+    def _add(self, now: float) -> None:
+        if self.phase != "start" and self.settled is None:
+            self.phases[self.phase] = self.phases.get(self.phase, 0.0) + now - self._phase_start
 
     def finish(self) -> None:
         self.enter("done")
@@ -106,7 +126,10 @@ class Prober(Protocol):
 
 def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
     """One printable line of at most `limit` characters from text a server may have sent."""
-    line = "".join(c if c.isprintable() else " " for c in text).strip()
+    if text.isprintable():  # the usual case, without a look at each character
+        line = text.strip()
+    else:
+        line = "".join(c if c.isprintable() else " " for c in text).strip()
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -148,12 +171,16 @@ async def run_probe(
         if failure.status_code is not None:
             trace.status_code = failure.status_code
     phase = trace.phase
+    # From the first byte the probe sent (its preparation is the exporter's time, not the
+    # service's) to the last one it received, or to now when it did not get that far.
+    ended = trace.settled if trace.settled is not None else time.perf_counter()
+    began = trace.began if trace.began is not None else started
     trace.finish()
     if failure is not None and phase not in ("start", "done"):
         trace.phases.setdefault(phase, 0.0)
     return ProbeResult(
         success=failure is None,
-        duration=time.perf_counter() - started,
+        duration=ended - began,
         reason=None if failure is None else failure.reason,
         message=bounded(message),
         phases=MappingProxyType(dict(trace.phases)),

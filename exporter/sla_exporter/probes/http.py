@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
 import re
-import socket
 import ssl
-from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
-from contextvars import ContextVar, Token
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 import aiohttp
-from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict
 from pydantic import SecretStr
+from yarl import URL
 
 from .. import __version__
 from ..config import TLS, Expect, HTTPProbe, HTTPStep, Text
 from ..secrets import reveal
 from .base import ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
+from .http1 import Response, exchange
+from .tls import client_context, observing
 
 USER_AGENT = f"sla-exporter/{__version__}"
 _SHOWN_URL = 80  # characters of a URL kept in messages, so the verdict after it survives `bounded`
@@ -52,23 +50,6 @@ class Request:
     def quote(self, text: str, limit: int = _SHOWN_VALUE) -> str:
         """Server-sent `text` fit for a message: secrets masked first, then cut to `limit`."""
         return bounded(mask(text, self.secrets), limit)
-
-
-@dataclass(frozen=True)
-class Response:
-    """A response with its body read up to max_body_bytes."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    charset: str | None
-    too_large: int | None = None  # bytes known to exist when the body exceeded the limit
-
-    def text(self) -> str:
-        try:
-            return self.body.decode(self.charset or "utf-8", errors="replace")
-        except LookupError:  # a charset Python does not know
-            return self.body.decode("utf-8", errors="replace")
 
 
 def describe(method: str, url: str, step: int | None = None) -> str:
@@ -136,82 +117,19 @@ def failures(trace: Trace, secrets: Collection[str]) -> Iterator[None]:
 # The client
 
 
-# The TLS connections a Client starts are reported to it through this variable: the SSL contexts
-# are shared between probes (loading the system CA store takes ~20 ms of event-loop time), and
-# aiohttp opens connections in the task of the caller, whose context carries the variable.
-_tls_observer: ContextVar[Callable[[ssl.SSLObject], None] | None] = ContextVar(
-    "tls_observer", default=None
-)
-
-
-class _TracingContext(ssl.SSLContext):
-    """An SSLContext that tells the current Client about every TLS connection it starts.
-
-    asyncio calls wrap_bio when it builds the TLS protocol for a socket aiohttp has already
-    connected (aiohttp >= 3.10 connects with aiohappyeyeballs, then hands the socket over), so the
-    call marks the end of TCP connect and the start of the handshake: the one split between
-    `connect` and `tls` that aiohttp's trace signals do not give.
-    """
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        sslobj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        observer = _tls_observer.get()
-        if observer is not None:
-            observer(sslobj)
-        return sslobj
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_context(verify: bool, ca_file: str | None, _stamp: object) -> _TracingContext:
-    context = _TracingContext(ssl.PROTOCOL_TLS_CLIENT)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
-    else:
-        context.load_default_certs()  # what ssl.create_default_context() does
-    return context
-
-
-def ssl_context(tls: TLS) -> ssl.SSLContext:
-    """The (shared) client context for `tls`; a CA file is reloaded when it changes on disk."""
-    stamp = None
-    if tls.verify and tls.ca_file is not None:
-        try:
-            stat = os.stat(tls.ca_file)
-        except OSError as err:
-            raise ProbeFailed(Reason.TLS, f"cannot read tls.ca_file: {err.strerror}") from err
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    return _cached_context(tls.verify, tls.ca_file if tls.verify else None, stamp)
-
-
-_Hook = Callable[[aiohttp.ClientSession, SimpleNamespace, Any], Coroutine[Any, Any, None]]
-
-
-def _hook(action: Callable[[], None]) -> _Hook:
-    async def hook(session: aiohttp.ClientSession, context: SimpleNamespace, params: Any) -> None:
-        action()
-
-    return hook
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10  # the 10th redirect in a row fails the probe, as with aiohttp before
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Client:
-    """One aiohttp session for one probe run: fresh connections, one cookie jar, phases traced.
+    """One probe run's HTTP client: a fresh connection per request, one cookie jar, phases traced.
 
     Phases go to `trace` as they happen, so a timeout names the phase it cut off:
       connect     request start to TCP connected (DNS excluded; includes a redirect's hop)
       dns         host name resolution (absent for IP literals)
       tls         handshake, from the socket being connected to the TLS session being up
-      first_byte  connection up to response headers; writing the request is part of it, since
-                  aiohttp signals "headers sent" but nothing at the end of a streamed body
+      first_byte  connection up to response headers, writing the request included
       transfer    reading the body (and checking it)
     Several requests (steps, redirects, a test SMS) add to the same phase names.
     """
@@ -219,85 +137,144 @@ class Client:
     def __init__(self, trace: Trace, tls: TLS, max_body_bytes: int) -> None:
         self._trace = trace
         self._max_body_bytes = max_body_bytes
-        self._server_name = tls.server_name
-        self._ssl = ssl_context(tls)
-        self._tls_started: list[ssl.SSLObject] = []
-        self._observing: Token[Callable[[ssl.SSLObject], None] | None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._tls = tls
+        self._cookies: aiohttp.CookieJar | None = None  # made when a server first sets one
+        self._observing: contextlib.AbstractContextManager[None] | None = None
 
     async def __aenter__(self) -> Client:
-        self._observing = _tls_observer.set(self._tls_start)
-        tracing = aiohttp.TraceConfig()
-        enter = self._trace.enter
-        tracing.on_request_start.append(_hook(lambda: enter("connect")))
-        tracing.on_request_redirect.append(_hook(lambda: enter("connect")))
-        tracing.on_connection_create_start.append(_hook(lambda: enter("connect")))
-        tracing.on_dns_resolvehost_start.append(_hook(lambda: enter("dns")))
-        tracing.on_dns_resolvehost_end.append(_hook(lambda: enter("connect")))
-        tracing.on_connection_create_end.append(_hook(self._connected))
-        self._session = aiohttp.ClientSession(
-            # force_close: a new connection for every request and nothing pooled past this
-            # probe, so a kept-alive connection cannot hide a failing connect or handshake.
-            connector=aiohttp.TCPConnector(force_close=True, use_dns_cache=False),
-            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: keep cookies of IP hosts too
-            trace_configs=[tracing],
-            timeout=aiohttp.ClientTimeout(total=None),  # the runner's deadline is the only one
-        )
-        # aiohttp (>= 3.10) resends an idempotent request once when the connection drops before
-        # the response; a probe must report that drop, not hide it behind a second connection.
-        # There is no public switch, hence the private attribute.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
+        self._observing = observing(self)
+        self._observing.__enter__()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            if self._session is not None:
-                await self._session.close()
-        finally:
-            if self._observing is not None:
-                _tls_observer.reset(self._observing)
+        if self._observing is not None:
+            self._observing.__exit__(None, None, None)
 
-    def _tls_start(self, sslobj: ssl.SSLObject) -> None:
+    def tls_started(self, tls: ssl.SSLObject) -> None:
         self._trace.enter("tls")
-        self._tls_started.append(sslobj)
 
-    def _connected(self) -> None:
-        while self._tls_started:
-            expiry = certificate_expiry(self._tls_started.pop())
-            if expiry is not None:
-                self._trace.saw_certificate(expiry)
-        self._trace.enter("first_byte")
+    def tls_done(self, tls: ssl.SSLObject) -> None:
+        expiry = certificate_expiry(tls)
+        if expiry is not None:
+            self._trace.saw_certificate(expiry)
 
     async def fetch(self, request: Request) -> Response:
-        """Send `request` and read its body, stopping one byte past max_body_bytes."""
-        assert self._session is not None, "use Client as an async context manager"
-        async with self._session.request(
-            request.method,
-            request.url,
-            headers=request.headers,
-            data=request.data,
-            json=request.json,
-            allow_redirects=request.follow_redirects,
-            ssl=self._ssl,
-            server_hostname=self._server_name,
-        ) as resp:
-            self._trace.enter("transfer")
-            self._trace.status_code = resp.status
-            limit = self._max_body_bytes
-            # A HEAD response declares the length of a body it does not send.
-            declared = resp.content_length if request.method != "HEAD" else None
-            if declared is not None and declared > limit:
-                return Response(resp.status, resp.headers, b"", resp.charset, too_large=declared)
-            body = bytearray()
-            while chunk := await resp.content.read(limit + 1 - len(body)):
-                body += chunk
-                if len(body) > limit:
-                    # Leaving the block closes the connection: the rest is never read.
-                    return Response(
-                        resp.status, resp.headers, b"", resp.charset, too_large=len(body)
-                    )
-            return Response(resp.status, resp.headers, bytes(body), resp.charset)
+        """Send `request`, following redirects if it says so, and read the final body up to
+        max_body_bytes (one byte more tells that it was longer)."""
+        url = URL(request.url)
+        method, headers, body = request.method, CIMultiDict(request.headers), _body(request)
+        for _ in range(MAX_REDIRECTS):
+            response = await self._send(method, url, headers, body)
+            if not request.follow_redirects or response.status not in REDIRECTS:
+                return response
+            location = response.headers.get("Location")
+            if location is None:
+                return response
+            try:
+                target = url.join(URL(location))
+            except ValueError as err:
+                raise ProbeFailed(
+                    Reason.PROTOCOL, f"redirected to an unusable URL: {bounded(location)}"
+                ) from err
+            if target.scheme not in _DEFAULT_PORTS or not target.raw_host:
+                raise ProbeFailed(
+                    Reason.PROTOCOL, f"redirected to an unusable URL: {bounded(location)}"
+                )
+            # Browsers' (and aiohttp's) rules: 303, and 301/302 after a POST, become a GET
+            # without body; credentials do not follow a redirect to another origin.
+            if (response.status == 303 and method != "HEAD") or (
+                response.status in (301, 302) and method == "POST"
+            ):
+                method, body = "GET", None
+                for name in ("Content-Type", "Content-Length"):
+                    headers.popall(name, None)
+            if target.origin() != url.origin():
+                headers.popall("Authorization", None)
+            url = target
+        raise ProbeFailed(
+            Reason.HTTP_STATUS,
+            f"too many redirects (last status {response.status})",
+            response.status,
+        )
+
+    async def _send(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: tuple[bytes, str] | None
+    ) -> Response:
+        self._trace.enter("connect")
+        host = url.raw_host or ""
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        tls = None
+        if url.scheme == "https":
+            tls = client_context(self._tls)
+        cookie = self._cookie_header(url)
+        response = await exchange(
+            self._trace,
+            host,
+            port,
+            _wire(method, url, headers, body, cookie),
+            tls,
+            self._tls.server_name,
+            self._max_body_bytes,
+        )
+        if "Set-Cookie" in response.headers:
+            self._keep_cookies(url, response.headers.getall("Set-Cookie"))
+        return response
+
+    def _cookie_header(self, url: URL) -> str | None:
+        if self._cookies is None:
+            return None
+        found = self._cookies.filter_cookies(url)
+        return "; ".join(f"{name}={morsel.coded_value}" for name, morsel in found.items()) or None
+
+    def _keep_cookies(self, url: URL, headers: list[str]) -> None:
+        if self._cookies is None:
+            self._cookies = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies of IP hosts
+        cookies: SimpleCookie = SimpleCookie()
+        for header in headers:
+            with contextlib.suppress(CookieError):  # a malformed cookie is ignored, as browsers do
+                cookies.load(header)
+        self._cookies.update_cookies(cookies, url)
+
+
+def _body(request: Request) -> tuple[bytes, str] | None:
+    """The request body and its content type, as aiohttp would have encoded them."""
+    if request.json is not None:
+        return json.dumps(request.json).encode(), "application/json"
+    if isinstance(request.data, str):
+        return request.data.encode(), "text/plain; charset=utf-8"
+    if request.data is not None:
+        return urlencode(list(request.data.items())).encode(), "application/x-www-form-urlencoded"
+    return None
+
+
+def _wire(
+    method: str,
+    url: URL,
+    configured: CIMultiDict[str],
+    body: tuple[bytes, str] | None,
+    cookie: str | None,
+) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    """Method, target, headers and body of the request; configured headers win over ours."""
+    headers: CIMultiDict[str] = CIMultiDict(
+        {
+            "Host": url.host_port_subcomponent or "",
+            "Accept": "*/*",
+            "Accept-Encoding": "gzip, deflate",
+        }
+    )
+    headers.update(configured)
+    content = b""
+    if body is not None:
+        content, content_type = body
+        headers.setdefault("Content-Type", content_type)
+        headers["Content-Length"] = str(len(content))
+    elif method in ("POST", "PUT", "PATCH"):
+        headers.setdefault("Content-Length", "0")
+    if cookie is not None:
+        existing = headers.get("Cookie")
+        headers["Cookie"] = f"{existing}; {cookie}" if existing else cookie
+    headers["Connection"] = "close"  # one request per connection, and the server knows it
+    return method, url.raw_path_qs or "/", list(headers.items()), content
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,15 +387,16 @@ def check_body(response: Response, expect: Expect, request: Request) -> None:
 # The probe
 
 
-def _has_credentials(step: HTTPStep) -> bool:
+def _has_credentials(step: HTTPStep | HTTPProbe) -> bool:
     if any(name.lower() in _AUTH_HEADERS for name in step.headers):
         return True
     return bool(secret_values(step.headers, step.body, step.form))
 
 
 def _request(
-    step: HTTPStep, number: int | None, credentials: bool, secrets: frozenset[str]
+    step: HTTPStep | HTTPProbe, number: int | None, credentials: bool, secrets: frozenset[str]
 ) -> Request:
+    assert step.url is not None  # config validation: a probe without steps has a url
     data: str | dict[str, str] | None = None
     if step.form is not None:
         data = {name: reveal(value) or "" for name, value in step.form.items()}
@@ -438,7 +416,9 @@ def _request(
 
 async def probe(config: HTTPProbe, trace: Trace) -> str:
     """Make the request (or every step in order, sharing cookies) and check each response."""
-    steps = config.flow()
+    # A single request is described by the probe's own settings, which flow() would copy into
+    # a new validated step on every run: more work than building the request itself.
+    steps: Sequence[HTTPStep | HTTPProbe] = config.flow() if config.steps else [config]
     secrets = frozenset(secret_values([(s.headers, s.body, s.form) for s in steps]))
     with failures(trace, secrets):
         async with Client(trace, config.tls, config.max_body_bytes) as client:
@@ -457,25 +437,5 @@ async def probe(config: HTTPProbe, trace: Trace) -> str:
 
 
 def classify(exc: BaseException, trace: Trace) -> ProbeFailed | None:
-    """Map aiohttp's errors to reasons; socket-level errors go to the shared network_failure."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # DNS, refused, unreachable, and TLS (certificate and handshake errors are subclasses).
-        cause = exc.os_error
-        if isinstance(cause, socket.gaierror):
-            return ProbeFailed(Reason.DNS, f"cannot resolve {exc.host}: {cause.strerror or cause}")
-        return network_failure(cause, trace)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {trace.phase}")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        detail = str(exc).split(".")[0].split(":")[0]
-        return ProbeFailed(Reason.PROTOCOL, f"broken response body ({detail}) during {trace.phase}")
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        last = exc.history[-1].status if exc.history else None
-        return ProbeFailed(Reason.HTTP_STATUS, f"too many redirects (last status {last})", last)
-    if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError):
-        return ProbeFailed(Reason.PROTOCOL, f"invalid HTTP response: {exc.message}")
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
-        return ProbeFailed(Reason.PROTOCOL, f"redirected to an unusable URL: {exc}")
-    if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, OSError):
-        return ProbeFailed(Reason.PROTOCOL, f"connection lost during {trace.phase}")
+    """Map what the exchange raises to reasons: socket and TLS errors (network_failure)."""
     return network_failure(exc, trace)

@@ -11,7 +11,6 @@ from .base import ProbeFailed, Reason, Trace, bounded
 from .http import (
     Client,
     Request,
-    Response,
     check_body,
     check_status,
     classify,
@@ -21,6 +20,7 @@ from .http import (
     secret_values,
     wire_headers,
 )
+from .http1 import Response
 
 __all__ = ["classify", "gateway_error", "probe"]
 

@@ -1,49 +1,145 @@
-"""The smtp probe kind: banner, EHLO, STARTTLS or implicit TLS, AUTH, a test message, QUIT."""
+"""The smtp probe kind: banner, EHLO, STARTTLS or implicit TLS, AUTH, a test message, QUIT.
+
+The dialogue is spoken directly over a probe connection (wire.py): a probe sends a handful of
+commands and checks each reply's code, which is less than an SMTP client library does for every
+command it sends, and costs a fraction of its CPU time (bench/RESULTS.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import base64
+import hashlib
+import hmac
+import re
 import ssl
-from collections.abc import Awaitable, Callable
+import time
+from collections import deque
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
 
-import aiosmtplib
-from aiosmtplib import (
-    SMTPAuthenticationError,
-    SMTPConnectError,
-    SMTPConnectResponseError,
-    SMTPDataError,
-    SMTPException,
-    SMTPHeloError,
-    SMTPRecipientRefused,
-    SMTPResponse,
-    SMTPResponseException,
-    SMTPSenderRefused,
-    SMTPServerDisconnected,
-    SMTPTimeoutError,
-)
-
-from ..config import TLS, SMTPProbe
+from ..config import SMTPProbe
 from ..secrets import reveal
 from .base import ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
+from .tls import client_context, observing
+from .wire import Connection, connect
 
-# aiosmtplib's own per-command deadline, a backstop only: the runner's timeout (at most the
-# service interval) is the authority and normally fires first, naming the phase it cut.
-COMMAND_TIMEOUT = 120.0
 SERVER_TEXT = 120  # characters of a server reply quoted in a failure message
+MAX_LINE = 8192  # bytes of one reply line before the reply counts as garbage
+AUTH_MECHANISMS = ("cram-md5", "plain", "login")  # in order of preference, as aiosmtplib's
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?")
 
-# The commands each phase sends, to name them in failure messages.
-_COMMANDS = {
-    "banner": "banner",
-    "ehlo": "EHLO",
-    "starttls": "STARTTLS",
-    "auth": "AUTH",
-    "send": "MAIL",
-    "quit": "QUIT",
-}
+
+class Refused(ProbeFailed):
+    """A reply with a code other than the one the dialogue needs."""
+
+    def __init__(self, command: str, code: int, text: str) -> None:
+        super().__init__(
+            Reason.SMTP_REPLY, f"{command} refused: {code} {bounded(text, SERVER_TEXT)}", code
+        )
+        self.code = code
+        self.text = text
+
+
+class _Replies:
+    """Reads SMTP replies off a connection (a wire.Receiver) as they arrive."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self._buffer = bytearray()
+        self._lines: list[str] = []  # the lines of the reply being read
+        self._ready: deque[tuple[int, str, float] | BaseException] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            self._line(line)
+        if len(self._buffer) > MAX_LINE:
+            self._put(self._garbage(bytes(self._buffer[:200])))
+            self._buffer.clear()
+
+    def _line(self, line: bytes) -> None:
+        match = _REPLY_LINE.fullmatch(line)
+        if match is None:
+            self._put(self._garbage(line))
+            return
+        self._lines.append((match[3] or b"").decode("utf-8", "replace"))
+        if match[2] != b"-":  # "250 text" or "250" ends the reply; "250-text" goes on
+            text, self._lines = "\n".join(self._lines), []
+            self._put((int(match[1]), text, time.perf_counter()))
+
+    def _garbage(self, line: bytes) -> ProbeFailed:
+        text = bounded(line.decode("utf-8", "replace"), SERVER_TEXT)
+        return ProbeFailed(Reason.PROTOCOL, f"not an SMTP reply during {self.trace.phase}: {text}")
+
+    def eof_received(self) -> None:
+        phase = self.trace.phase
+        self._put(ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {phase}"))
+
+    def connection_lost(self, exc: BaseException) -> None:
+        self._put(exc)
+
+    def _put(self, item: tuple[int, str, float] | BaseException) -> None:
+        self._ready.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def reply(self) -> tuple[int, str, float]:
+        """The next reply: code, text (lines joined by newlines) and when it arrived."""
+        while not self._ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        item = self._ready.popleft()
+        if isinstance(item, BaseException):
+            self._ready.appendleft(item)  # every later read fails the same way
+            raise item
+        self.trace.status_code = item[0]
+        return item
+
+
+class _Session:
+    """One dialogue: commands out, replies in, extensions as the last EHLO listed them."""
+
+    def __init__(self, connection: Connection, trace: Trace) -> None:
+        self.connection = connection
+        self.trace = trace
+        self.replies = _Replies(trace)
+        self.extensions: dict[str, str] = {}
+        self.last = 0.0  # when the last reply the dialogue accepted arrived
+        connection.receive(self.replies)
+
+    async def command(self, line: str, expect: tuple[int, ...], name: str) -> tuple[int, str]:
+        """Send `line` (without CRLF) and read the reply, which must have a code in `expect`."""
+        self.connection.write(line.encode() + b"\r\n")
+        return await self.expect(expect, name)
+
+    async def expect(self, codes: tuple[int, ...], name: str) -> tuple[int, str]:
+        code, text, arrived = await self.replies.reply()
+        if code not in codes:
+            raise Refused(name, code, text)
+        self.last = arrived
+        return code, text
+
+    async def ehlo(self, name: str, sent: bool = False) -> None:
+        """EHLO (unless it was `sent` already) and the extensions its reply lists."""
+        if not sent:
+            self.connection.write(f"EHLO {name}\r\n".encode())
+        _, text = await self.expect((250,), "EHLO")
+        self.extensions = {}
+        for line in text.split("\n")[1:]:  # the first line is the server's greeting
+            keyword, _, params = line.strip().partition(" ")
+            keyword = keyword.lower()
+            if keyword.startswith("auth="):  # the obsolete form some servers still send
+                keyword, params = "auth", f"{keyword[5:]} {params}"
+            self.extensions[keyword] = f"{self.extensions.get(keyword, '')} {params}".strip()
+
+    @property
+    def auth_methods(self) -> list[str]:
+        return self.extensions.get("auth", "").lower().split()
 
 
 async def probe(config: SMTPProbe, trace: Trace) -> str:
@@ -52,168 +148,122 @@ async def probe(config: SMTPProbe, trace: Trace) -> str:
     server_name = config.tls.server_name or config.host
     context = None
     if config.implicit_tls or starttls != "off":
-        context = await asyncio.to_thread(_tls_context, config.tls, _on_handshake(trace))
-
-    # local_hostname is explicit so aiosmtplib never calls the blocking socket.getfqdn(), and
-    # start_tls=False so it never upgrades (or skips upgrading) behind our back.
-    smtp = aiosmtplib.SMTP(
-        hostname=server_name,  # with `sock`, used only as the TLS server name
-        local_hostname=config.ehlo_name,
-        timeout=COMMAND_TIMEOUT,
-        use_tls=config.implicit_tls,
-        start_tls=False,
-        tls_context=context,
-    )
-    sock = await _open_socket(config.host, config.effective_port, trace)
+        context = client_context(config.tls)
+    trace.enter("connect")
+    connection = await connect(config.host, config.effective_port, trace)
     steps: list[str] = []
     encrypted = config.implicit_tls
-    try:
-        # With implicit TLS the handshake hook moves the phase on to "banner" once TLS is up.
-        trace.enter("tls" if config.implicit_tls else "banner")
-        # timeout=None: on Python 3.11, wait_for with a timeout runs the connect in a new task,
-        # and a cancel landing before that task starts would leak `sock`; the runner bounds it.
-        banner = await smtp.connect(sock=sock, timeout=None)
-        trace.status_code = banner.code
-        if config.implicit_tls:
-            steps.append("TLS")
-
-        trace.enter("ehlo")
-        _saw(trace, await smtp.ehlo())
-
-        if starttls != "off":
-            if smtp.supports_extension("starttls"):
-                trace.enter("starttls")
-                _saw(trace, await smtp.starttls(server_hostname=server_name))
-                trace.enter("ehlo")  # RFC 3207 4.2: forget what was said before TLS, ask again
-                _saw(trace, await smtp.ehlo())
-                steps.append("STARTTLS")
-                encrypted = True
-            elif starttls == "required":
-                raise ProbeFailed(Reason.STARTTLS, "server does not offer STARTTLS")
+    with observing(_Handshakes(trace)):
+        try:
+            session = _Session(connection, trace)
+            if config.implicit_tls:
+                assert context is not None
+                # The handshake hook moves the phase on to "banner" once TLS is up.
+                trace.enter("tls")
+                await connection.tls(context, server_name)
+                steps.append("TLS")
             else:
-                steps.append("STARTTLS not offered")
+                trace.enter("banner")
+            code, text, _ = await session.replies.reply()
+            if code != 220:
+                raise ProbeFailed(
+                    Reason.SMTP_REPLY,
+                    f"server greeted with {code} instead of 220: {bounded(text, SERVER_TEXT)}",
+                    code,
+                )
 
-        if config.auth is not None:
-            trace.enter("auth")
-            steps.append(await _login(smtp, config, encrypted, trace))
+            trace.enter("ehlo")
+            await session.ehlo(config.ehlo_name)
 
-        if config.send is not None:
-            trace.enter("send")
-            await _send(smtp, config, trace)
-            count = len(config.send.to)
-            steps.append(f"message accepted for {count} recipient{'s' if count != 1 else ''}")
+            if starttls != "off":
+                if "starttls" in session.extensions:
+                    assert context is not None
+                    trace.enter("starttls")
+                    await session.command("STARTTLS", (220,), "STARTTLS")
+                    # RFC 3207 4.2: forget what was said before TLS and ask again, at once.
+                    ehlo = f"EHLO {config.ehlo_name}\r\n".encode()
+                    await connection.tls(context, server_name, then=ehlo)
+                    trace.enter("ehlo")
+                    await session.ehlo(config.ehlo_name, sent=True)
+                    steps.append("STARTTLS")
+                    encrypted = True
+                elif starttls == "required":
+                    raise ProbeFailed(Reason.STARTTLS, "server does not offer STARTTLS")
+                else:
+                    steps.append("STARTTLS not offered")
 
-        trace.enter("quit")
-        _saw(trace, await smtp.quit())
-        steps.append("QUIT")
-    finally:
-        smtp.close()
+            if config.auth is not None:
+                trace.enter("auth")
+                steps.append(await _login(session, config, encrypted))
+
+            if config.send is not None:
+                trace.enter("send")
+                await _send(session, config)
+                count = len(config.send.to)
+                plural = "s" if count != 1 else ""
+                steps.append(f"message accepted for {count} recipient{plural}")
+
+            trace.enter("quit")
+            await session.command("QUIT", (221,), "QUIT")
+            trace.settle(session.last)  # the clock stops when the last reply came in
+            steps.append("QUIT")
+        finally:
+            connection.close()
     return f"SMTP dialogue ok: {', '.join(steps)}"
 
 
 def classify(exc: BaseException, trace: Trace) -> ProbeFailed | None:
-    """Map aiosmtplib's exceptions to failure reasons; socket errors go to network_failure."""
-    if isinstance(exc, SMTPTimeoutError):
-        return ProbeFailed(Reason.TIMEOUT, f"SMTP client timed out during {trace.phase}")
-    connecting = isinstance(exc, SMTPConnectError) and not isinstance(exc, SMTPResponseException)
-    if connecting and exc.__cause__ is not None:
-        # aiosmtplib wraps what it met while connecting (a TLS error, an early close): unwrap it.
-        exc = exc.__cause__
-    if isinstance(exc, SMTPResponseException):
-        text = bounded(exc.message, SERVER_TEXT)
-        if exc.code < 0:  # aiosmtplib's code for a reply it could not parse
-            text = text.removeprefix("Malformed SMTP response line: ")
-            return ProbeFailed(Reason.PROTOCOL, f"not an SMTP reply during {trace.phase}: {text}")
-        trace.status_code = exc.code  # the runner keeps status_code only from ProbeFailed
-        return ProbeFailed(Reason.SMTP_REPLY, _refusal(exc, trace.phase), status_code=exc.code)
-    if isinstance(exc, SMTPServerDisconnected):
-        if exc.__cause__ is not None and (known := network_failure(exc.__cause__, trace)):
-            return known
-        return ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {trace.phase}")
-    if isinstance(exc, SMTPException):
-        text = bounded(exc.message, SERVER_TEXT)
-        return ProbeFailed(Reason.PROTOCOL, f"{text} (during {trace.phase})")
+    """Socket and TLS errors; the dialogue itself raises ProbeFailed with its reason."""
     return network_failure(exc, trace)
 
 
-def _refusal(exc: SMTPResponseException, phase: str) -> str:
-    text = bounded(exc.message, SERVER_TEXT)
-    if isinstance(exc, SMTPConnectResponseError):
-        return f"server greeted with {exc.code} instead of 220: {text}"
-    if isinstance(exc, SMTPSenderRefused):
-        command = "MAIL FROM"
-    elif isinstance(exc, SMTPRecipientRefused):
-        command = f"RCPT TO {bounded(exc.recipient, 60)}"
-    elif isinstance(exc, SMTPDataError):
-        command = "DATA"
-    elif isinstance(exc, SMTPHeloError):
-        command = "EHLO"
-    else:
-        command = _COMMANDS.get(phase, phase)
-    return f"{command} refused: {exc.code} {text}"
-
-
-def _saw(trace: Trace, reply: SMTPResponse) -> None:
-    trace.status_code = reply.code
-
-
-async def _open_socket(host: str, port: int, trace: Trace) -> socket.socket:
-    """Resolve and connect ourselves, so that connect and banner are timed apart."""
-    loop = asyncio.get_running_loop()
-    trace.enter("dns")
-    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    trace.enter("connect")
-    for i, (family, kind, proto, _, address) in enumerate(addresses):
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-        except OSError:
-            sock.close()
-            if i == len(addresses) - 1:
-                raise
-        except BaseException:
-            sock.close()
-            raise
-        else:
-            return sock
-    raise OSError(f"no address for {host}")  # getaddrinfo raises rather than return nothing
-
-
-async def _login(smtp: aiosmtplib.SMTP, config: SMTPProbe, encrypted: bool, trace: Trace) -> str:
+async def _login(session: _Session, config: SMTPProbe, encrypted: bool) -> str:
     """AUTH once with the preferred mechanism; never spray a refused password across others."""
     assert config.auth is not None
-    if not smtp.supports_extension("auth"):
+    if "auth" not in session.extensions:
         where = "" if encrypted else " without TLS"
         raise ProbeFailed(Reason.AUTH, f"server does not offer AUTH{where}")
     if not encrypted:
         # An AUTH PLAIN or LOGIN line on a plain connection is the password in clear text.
         raise ProbeFailed(Reason.AUTH, "refusing to send credentials without TLS")
-    methods: dict[str, Callable[..., Awaitable[SMTPResponse]]] = {
-        "cram-md5": smtp.auth_crammd5,
-        "plain": smtp.auth_plain,
-        "login": smtp.auth_login,
-    }
-    usable = smtp.supported_auth_methods  # aiosmtplib's preference order
+    offered = session.auth_methods
+    usable = [m for m in AUTH_MECHANISMS if m in offered]
     if not usable:
-        offered = bounded(" ".join(smtp.server_auth_methods) or "none", 60)
-        raise ProbeFailed(Reason.AUTH, f"no supported AUTH mechanism offered (offered: {offered})")
+        shown = bounded(" ".join(offered) or "none", 60)
+        raise ProbeFailed(Reason.AUTH, f"no supported AUTH mechanism offered (offered: {shown})")
     mechanism = usable[0]
+    user = config.auth.username
     password = reveal(config.auth.password) or ""
     try:
-        reply = await methods[mechanism](config.auth.username, password)
-    except SMTPAuthenticationError as err:
-        text = err.message.replace(password, "***") if password else err.message
+        if mechanism == "plain":
+            token = _b64(f"\0{user}\0{password}")
+            await session.command(f"AUTH PLAIN {token}", (235,), "AUTH")
+        elif mechanism == "login":
+            await session.command(f"AUTH LOGIN {_b64(user)}", (334,), "AUTH")
+            await session.command(_b64(password), (235,), "AUTH")
+        else:
+            _, challenge = await session.command("AUTH CRAM-MD5", (334,), "AUTH")
+            digest = hmac.new(
+                password.encode(), base64.b64decode(challenge.strip()), hashlib.md5
+            ).hexdigest()
+            await session.command(_b64(f"{user} {digest}"), (235,), "AUTH")
+    except Refused as refused:
+        text = refused.text.replace(password, "***") if password else refused.text
         raise ProbeFailed(
             Reason.AUTH,
-            f"login refused: {err.code} {bounded(text, SERVER_TEXT)}",
-            status_code=err.code,
+            f"login refused: {refused.code} {bounded(text, SERVER_TEXT)}",
+            status_code=refused.code,
         ) from None
-    _saw(trace, reply)
+    except ValueError:  # a CRAM-MD5 challenge that is not base64
+        raise ProbeFailed(Reason.PROTOCOL, "not an SMTP reply during auth: bad challenge") from None
     return f"AUTH {mechanism.upper()}"
 
 
-async def _send(smtp: aiosmtplib.SMTP, config: SMTPProbe, trace: Trace) -> None:
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+async def _send(session: _Session, config: SMTPProbe) -> None:
     """MAIL FROM, RCPT TO for every recipient (any refusal fails), then DATA."""
     send = config.send
     assert send is not None
@@ -227,45 +277,33 @@ async def _send(smtp: aiosmtplib.SMTP, config: SMTPProbe, trace: Trace) -> None:
     message.set_content(
         f"Test message from the SLA exporter on {config.ehlo_name}; safe to delete.\n"
     )
-    _saw(trace, await smtp.mail(send.from_))
+    await session.command(f"MAIL FROM:<{send.from_}>", (250,), "MAIL FROM")
     for recipient in send.to:
-        _saw(trace, await smtp.rcpt(recipient))
-    _saw(trace, await smtp.data(message.as_bytes(policy=SMTP_POLICY)))
+        await session.command(
+            f"RCPT TO:<{recipient}>", (250, 251), f"RCPT TO {bounded(recipient, 60)}"
+        )
+    await session.command("DATA", (354,), "DATA")
+    content = message.as_bytes(policy=SMTP_POLICY)
+    # RFC 5321 4.5.2: a line starting with a dot gets another one; the lone dot ends the data.
+    stuffed = re.sub(rb"(?m)^\.", b"..", content)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    session.connection.write(stuffed + b".\r\n")
+    await session.expect((250,), "DATA")
 
 
-# --------------------------------------------------------------------------------------------
-# TLS
+class _Handshakes:
+    """Records the certificate of each handshake; with implicit TLS, moves on to the banner."""
 
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
 
-def _tls_context(tls: TLS, on_handshake: Callable[[ssl.SSLObject], None]) -> ssl.SSLContext:
-    """A fresh client context; `ca_file` replaces the system roots, as in blackbox_exporter."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except (OSError, ssl.SSLError) as err:
-        detail = err.strerror or str(err)
-        raise ProbeFailed(Reason.TLS, f"cannot load tls.ca_file: {detail}") from None
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    def tls_started(self, tls: ssl.SSLObject) -> None:
+        pass  # the dialogue already entered "tls" or "starttls"
 
-    class Observed(ssl.SSLObject):
-        """Reports the moment the handshake completes, whoever drives it (connect or STARTTLS)."""
-
-        def do_handshake(self) -> None:
-            super().do_handshake()  # raises SSLWantReadError until the handshake is done
-            on_handshake(self)
-
-    # A documented hook: asyncio's TLS transport wraps every connection with sslobject_class.
-    context.sslobject_class = Observed
-    return context
-
-
-def _on_handshake(trace: Trace) -> Callable[[ssl.SSLObject], None]:
-    def done(tls: ssl.SSLObject) -> None:
+    def tls_done(self, tls: ssl.SSLObject) -> None:
         expiry = certificate_expiry(tls)
         if expiry is not None:
-            trace.saw_certificate(expiry)
-        if trace.phase == "tls":  # implicit TLS: aiosmtplib goes on to read the banner
-            trace.enter("banner")
-
-    return done
+            self.trace.saw_certificate(expiry)
+        if self.trace.phase == "tls":  # implicit TLS: the banner comes next
+            self.trace.enter("banner")

@@ -1,0 +1,192 @@
+"""HTTP/1.1 as the probes speak it (probes/http1.py, probes/wire.py): framing, compression,
+interim answers, redirect rules, cookies, and a duration that is the service's time only."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from typing import Any
+
+import pytest
+from aiohttp import web
+from http_servers import raw_server, read_request, serve, unused_port
+
+from sla_exporter.config import HTTPProbe
+from sla_exporter.probes import http
+from sla_exporter.probes.base import ProbeResult, Reason, run_probe
+
+
+async def check(config: dict[str, Any], timeout: float = 2.0) -> ProbeResult:
+    return await run_probe(http.probe, HTTPProbe.model_validate(config), timeout, http.classify)
+
+
+def app_with(*routes: web.RouteDef) -> web.Application:
+    app = web.Application()
+    app.add_routes(list(routes))
+    return app
+
+
+async def raw_answer(answer: bytes, **config: Any) -> ProbeResult:
+    """Probe a server that reads the request and writes `answer`, then closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    async with raw_server(handler) as server:
+        return await check({"url": f"{server.url}/", **config})
+
+
+async def test_a_gzip_compressed_body_is_checked_as_the_text_it_encodes() -> None:
+    body = gzip.compress(b"welcome to Mailpro " * 100)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    result = await raw_answer(answer, expect={"body_contains": "Mailpro"})
+    assert result.success, result.message
+    assert result.message.endswith("status 200, 1900 bytes")
+
+
+async def test_a_chunked_body_is_put_back_together() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nwelcome\r\n4\r\n to \r\n"
+    answer += b"7\r\nMailpro\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    result = await raw_answer(answer, expect={"body_regex": "^welcome to Mailpro$"})
+    assert result.success, result.message
+
+
+async def test_a_broken_chunk_size_is_a_protocol_failure() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nwelcome\r\n0\r\n\r\n"
+    result = await raw_answer(answer)
+    assert result.reason == Reason.PROTOCOL
+    assert result.message == (
+        r"broken response body (illegal chunk header: 'zz\r\n') during transfer"
+    )
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    result = await raw_answer(b"HTTP/1.1 200 OK\r\n\r\nall good", expect={"body_contains": "good"})
+    assert result.success, result.message
+    assert result.message.endswith("status 200, 8 bytes")
+
+
+async def test_an_interim_answer_is_skipped_for_the_real_one() -> None:
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+    answer += b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    result = await raw_answer(answer)
+    assert result.success, result.message
+    assert result.status_code == 200
+
+
+async def test_a_303_after_a_post_is_followed_with_a_get_without_the_body() -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def form(request: web.Request) -> web.Response:
+        seen.append((request.method, await request.read()))
+        raise web.HTTPSeeOther("/done")
+
+    async def done(request: web.Request) -> web.Response:
+        seen.append((request.method, await request.read()))
+        return web.Response(text="thanks")
+
+    async with serve(app_with(web.post("/form", form), web.get("/done", done))) as url:
+        result = await check({"url": f"{url}/form", "method": "POST", "body": "a=1"})
+    assert result.success, result.message
+    assert seen == [("POST", b"a=1"), ("GET", b"")]
+
+
+async def test_a_307_is_followed_with_the_same_method_and_body() -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def old(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/new")
+
+    async def new(request: web.Request) -> web.Response:
+        seen.append((request.method, await request.read()))
+        return web.Response(status=201)
+
+    async with serve(app_with(web.post("/old", old), web.post("/new", new))) as url:
+        result = await check({"url": f"{url}/old", "method": "POST", "body": "payload"})
+    assert result.success, result.message
+    assert seen == [("POST", b"payload")]
+
+
+async def test_credentials_do_not_follow_a_redirect_to_another_origin() -> None:
+    seen: dict[str, str | None] = {}
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen["elsewhere"] = request.headers.get("Authorization")
+        return web.Response(text="ok")
+
+    async with serve(app_with(web.get("/", elsewhere))) as other:
+
+        async def start(request: web.Request) -> web.Response:
+            seen["start"] = request.headers.get("Authorization")
+            raise web.HTTPFound(f"{other}/")
+
+        async with serve(app_with(web.get("/", start))) as url:
+            result = await check({"url": f"{url}/", "headers": {"Authorization": "Bearer t0k"}})
+    assert result.success, result.message
+    assert seen == {"start": "Bearer t0k", "elsewhere": None}
+
+
+async def test_a_cookie_set_by_a_redirect_goes_with_the_next_request() -> None:
+    async def start(request: web.Request) -> web.Response:
+        response = web.HTTPFound("/home")
+        response.set_cookie("session", "abc")
+        raise response
+
+    async def home(request: web.Request) -> web.Response:
+        return web.Response(text=f"session={request.cookies.get('session')}")
+
+    async with serve(app_with(web.get("/", start), web.get("/home", home))) as url:
+        result = await check({"url": f"{url}/", "expect": {"body_contains": "session=abc"}})
+    assert result.success, result.message
+
+
+async def test_the_duration_is_the_services_time_from_connect_to_the_last_byte() -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.Response(text="late")
+
+    async with serve(app_with(web.get("/", slow))) as url:
+        result = await check({"url": f"{url}/"})
+    assert result.success, result.message
+    assert 0.2 <= result.duration < 0.3
+    # The phases cover the same span: the probe's own bookkeeping is in neither.
+    assert abs(sum(result.phases.values()) - result.duration) < 1e-6
+
+
+async def test_a_host_name_is_resolved_and_each_address_tried() -> None:
+    # localhost may resolve to ::1 before 127.0.0.1; the server listens on 127.0.0.1 only.
+    async with serve(app_with(web.get("/", ok))) as url:
+        result = await check({"url": url.replace("127.0.0.1", "localhost") + "/"})
+    assert result.success, result.message
+    assert "dns" in result.phases
+
+
+async def ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def test_when_a_name_has_several_addresses_a_refusing_one_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serve(app_with(web.get("/", ok))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        refusing = unused_port()
+        addresses = [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", refusing)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+        async def resolve(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+            assert host == "sla-probe.test"
+            return addresses  # the resolver is the boundary: two addresses, the first refusing
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+        result = await check({"url": f"http://sla-probe.test:{port}/"})
+    assert result.success, result.message
+    assert {"dns", "connect"} <= set(result.phases)
