@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -228,3 +228,48 @@ async def test_two_hundred_services_keep_their_schedule_beside_one_hung_target()
     # (How small the lag stays is a performance figure: bench/ measures it.)
     assert missed == {}
     assert max(lags) < 1.0
+
+
+async def test_services_started_together_are_spread_evenly_not_at_random() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, _ = scheduler_for(clock, probe, max_start_jitter=5.0)
+    scheduler.apply(make_config({f"s{i}": "5m" for i in range(40)}))
+    await clock.advance(5)
+    firsts = sorted(starts[0] for starts in probe.starts.values())
+    gaps = [b - a for a, b in itertools.pairwise(firsts)]
+    # 40 services over 5 s: one every 125 ms, so no two probes start at the same instant and
+    # none waits behind another on the event loop (random offsets would clump some together).
+    assert len(firsts) == 40
+    assert min(gaps) > 0.124
+    assert max(gaps) < 0.126
+    await scheduler.stop()
+
+
+async def test_thousands_of_services_spread_over_their_whole_interval_every_interval() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, _ = scheduler_for(clock, probe, max_start_jitter=5.0)
+    # 1500 services would start at 300 a second within the 5 s start-up window; past START_RATE
+    # (50 a second) the first runs spread over the interval instead, and since every later run
+    # keeps its first run's place, so does the load of every later interval.
+    scheduler.apply(make_config({f"s{i}": "30s" for i in range(1500)}, timeout="10s"))
+    await clock.advance(60)
+    per_second = Counter(int(start) for starts in probe.starts.values() for start in starts)
+    assert sum(per_second.values()) == 3000  # each service once in each of the two intervals
+    assert set(per_second) == set(range(60))
+    assert all(49 <= count <= 51 for count in per_second.values()), per_second
+    await scheduler.stop()
+
+
+async def test_a_few_hundred_services_start_within_a_wider_window_at_the_start_rate() -> None:
+    clock = FakeClock()
+    probe = Recorder(clock)
+    scheduler, _ = scheduler_for(clock, probe, max_start_jitter=5.0)
+    scheduler.apply(make_config({f"s{i}": "5m" for i in range(500)}))
+    await clock.advance(20)
+    firsts = [starts[0] for starts in probe.starts.values()]
+    assert len(firsts) == 500
+    assert max(firsts) < 10.0  # 500 services at 50 a second: within 10 s, not the 5 m interval
+    assert max(Counter(int(t) for t in firsts).values()) <= 51
+    await scheduler.stop()

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -16,8 +16,9 @@ from aiohttp import web
 from . import __version__, webconfig
 from . import config as config_mod
 from .config import ConfigInvalid
-from .exporter import Exporter
+from .exporter import Exporter, Shard
 from .web import make_app, ssl_context
+from .webconfig import WebConfig
 
 log = logging.getLogger("sla_exporter")
 
@@ -60,6 +61,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="probes running at once at most, across all services",
     )
     parser.add_argument(
+        "--shard",
+        dest="shard",
+        type=_shard,
+        default=Shard(),
+        metavar="K/N",
+        help="probe only shard K of N: the services whose name hashes to it (docs/SCALING.md)",
+    )
+    parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
     )
     parser.add_argument(
@@ -67,6 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"sla-exporter {__version__}")
     return parser.parse_args(argv)
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--shard ")) from None
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -117,6 +133,9 @@ def check(args: argparse.Namespace) -> int:
             if support is not None
             else ""
         )
+        shard: Shard = args.shard
+        if shard.count > 1:
+            extra += f", {len(shard.select(config).services)} in shard {shard}"
         print(f"{args.config_file}: OK, {len(config.services)} services{extra}")
     except ConfigInvalid as err:
         print(err)
@@ -131,16 +150,22 @@ def check(args: argparse.Namespace) -> int:
     return status
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(
+    args: argparse.Namespace,
+    app: Callable[[Exporter, WebConfig | None], web.Application] = make_app,
+) -> int:
     host, port = split_address(args.listen)
     web_config = webconfig.load(args.web_config_file) if args.web_config_file else None
     exporter = Exporter(
         args.config_file,
         storage_path=Path(args.storage_path) if args.storage_path else None,
         max_concurrency=args.max_concurrency,
+        freeze_gc=True,  # this process is the exporter's alone
+        shard=args.shard,
+        load_elsewhere=True,  # parse the SLA file in a child process (see exporter.py)
     )
     await exporter.start()
-    runner = web.AppRunner(make_app(exporter, web_config), access_log=None)
+    runner = web.AppRunner(app(exporter, web_config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context(web_config))
     try:

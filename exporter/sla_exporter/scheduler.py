@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -15,6 +15,13 @@ from .config import Config, Service
 from .probes import PROBERS, ProbeResult, run_probe
 
 log = logging.getLogger(__name__)
+
+# First runs are spread so that at most this many start per second, over the start-up window or,
+# for large configurations, over the whole interval. Phases stay where the first runs put them,
+# so this also decides how evenly every later interval is loaded: 10,000 services on a minute
+# start over the whole minute (167 a second) instead of all within the first seconds.
+START_RATE = 50.0
+
 
 ProbeFn = Callable[[str, Service], Awaitable[ProbeResult]]
 ResultFn = Callable[[str, Service, ProbeResult, bool], None]
@@ -53,6 +60,11 @@ class Scheduler:
     The next run is due at first_run + k * interval, never "interval after the previous run
     ended", so probe durations do not make the schedule drift. A run that could not start before
     its successor was due (the concurrency cap was saturated) is skipped and counted, not queued.
+
+    First runs come within `max_start_jitter` seconds (or the interval, if shorter), spread
+    evenly rather than at random, so that no two services that start together run at the same
+    instant (simultaneous probes delay each other on one event loop and measure it). With more
+    services than START_RATE a second would start in that window, it widens up to the interval.
     """
 
     def __init__(
@@ -96,10 +108,26 @@ class Scheduler:
             if config.services.get(name) != service:
                 task.cancel()
                 del self._tasks[name]
-        for name, service in config.services.items():
-            if name not in self._tasks:
-                task = asyncio.create_task(self._run(name, service), name=f"probe:{name}")
-                self._tasks[name] = (service, task)
+        new = [(name, s) for name, s in config.services.items() if name not in self._tasks]
+        for name, service, origin in self._first_runs(new):
+            task = asyncio.create_task(self._run(name, service, origin), name=f"probe:{name}")
+            self._tasks[name] = (service, task)
+
+    def _first_runs(
+        self, services: list[tuple[str, Service]]
+    ) -> Iterator[tuple[str, Service, float]]:
+        """When each of `services` runs first: evenly over its start-up window."""
+        now = self.clock.monotonic()
+        spread = len(services) / START_RATE  # seconds that keep start-up at START_RATE
+        windows: dict[float, list[tuple[str, Service]]] = {}
+        for name, service in services:
+            window = min(service.interval, max(self.max_start_jitter, spread))
+            windows.setdefault(window, []).append((name, service))
+        for window, group in windows.items():
+            self.rng.shuffle(group)
+            turn = self.rng.random()  # where in the window the even spread begins
+            for i, (name, service) in enumerate(group):
+                yield name, service, now + (i / len(group) + turn) % 1.0 * window
 
     async def stop(self) -> None:
         """Cancel every probe task and wait for them to finish."""
@@ -114,10 +142,8 @@ class Scheduler:
         when = datetime.fromtimestamp(started, UTC)
         return config is not None and config.in_maintenance(name, when)
 
-    async def _run(self, name: str, service: Service) -> None:
+    async def _run(self, name: str, service: Service, origin: float) -> None:
         interval = service.interval
-        # First run soon after start, spread so that a thousand services do not fire at once.
-        origin = self.clock.monotonic() + self.rng.uniform(0, min(interval, self.max_start_jitter))
         slot = 0  # run k is due at origin + k * interval: computed, not accumulated, so no drift
         while True:
             due = origin + slot * interval

@@ -28,9 +28,14 @@ class ServiceState:
     consecutive_failures: int = 0  # failed probes in a row, up to the last one; 0 after a success
     failing_since: float | None = None  # start of the first probe of that run of failures
     last_lag: float = 0.0
-    recent_failures: deque[ProbeResult] = field(
-        default_factory=lambda: deque(maxlen=RECENT_FAILURES)
-    )
+    # The last failures, for the landing page; made at the first failure (an empty deque costs
+    # 0.75 KiB, and most services never fail).
+    recent_failures: deque[ProbeResult] | tuple[()] = ()
+    label: str = ""  # sla_service="name" as /metrics writes it, escaped once
+
+    def __post_init__(self) -> None:
+        escaped = self.name.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        self.label = f'sla_service="{escaped}"'
 
 
 class Store:
@@ -75,6 +80,8 @@ class Store:
             state.failures += 1
             state.reasons[result.reason.value] += 1
             state.maintenance_failures += in_maintenance
+            if not state.recent_failures:
+                state.recent_failures = deque(maxlen=RECENT_FAILURES)
             state.recent_failures.append(result)
 
     def missed(self, name: str, runs: int) -> None:
