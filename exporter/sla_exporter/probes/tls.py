@@ -52,9 +52,9 @@ class _ObservedObject(ssl.SSLObject):
 class _ObservedContext(ssl.SSLContext):
     """A client context whose connections report to the observer of the task opening them.
 
-    asyncio calls wrap_bio when it builds the TLS protocol of a connected socket (aiohttp >= 3.10
-    connects with aiohappyeyeballs and hands the socket over; aiosmtplib's STARTTLS goes through
-    loop.start_tls), so the call also marks the end of TCP connect and the start of the handshake.
+    asyncio calls wrap_bio when loop.start_tls builds the TLS protocol of a connected socket
+    (wire.py: HTTPS, implicit TLS and STARTTLS alike), so the call also marks the end of TCP
+    connect and the start of the handshake.
     """
 
     sslobject_class = _ObservedObject
