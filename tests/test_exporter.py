@@ -15,6 +15,9 @@ import pytest
 import trustme
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from sla_exporter.exporter import Exporter
@@ -357,3 +360,42 @@ async def test_basic_auth_from_the_web_config_guards_every_endpoint(running) -> 
                     assert resp.status == 200
     finally:
         await server.close()
+
+
+async def test_openmetrics_gzip_and_name_filters_serve_the_same_samples(running) -> None:
+    """/metrics writes the services' series itself (collector.py): every format Prometheus may
+    ask for must carry exactly the samples of the text format, and parse under the strict
+    OpenMetrics parser."""
+    exporter, server, _, _ = running
+    await eventually(lambda: _probed(exporter))
+    await exporter.scheduler.stop()  # the figures hold still between the requests below
+    url = server.make_url("/metrics")
+    async with ClientSession() as session:
+        async with session.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+            text = await resp.text()
+        openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        async with session.get(url, headers={"Accept": openmetrics}) as resp:
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+            om_text = await resp.text()
+        async with session.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            gzipped = await resp.text()  # aiohttp decompresses
+        filtered_url = url.with_query([("name[]", "sla_probe_success"), ("name[]", "sla_info")])
+        async with session.get(filtered_url) as resp:
+            filtered = await resp.text()
+
+    def ours(families: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict:
+        return {k: v for k, v in families.items() if k[0].startswith("sla_")}
+
+    plain = ours(samples(text))
+    assert len(plain) > 50
+    assert ours(samples(gzipped)) == plain
+    om: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in openmetrics_families(om_text):  # raises on anything OpenMetrics forbids
+        for sample in family.samples:
+            om[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    # OpenMetrics names info series `_info` and counters `_total` as the text format does.
+    assert ours(om) == plain
+    assert om_text.endswith("# EOF\n")
+    kept = {name for name, _ in ours(samples(filtered))}
+    assert kept == {"sla_probe_success", "sla_info"}
