@@ -3,9 +3,9 @@
 # Installs what is missing first (see scripts/install.sh). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/install.sh
+scripts/install.sh --with-bench  # the tests include a smoke run of bench/
 . .venv/bin/activate
-ruff check exporter tests grafana
-ruff format --check exporter tests grafana
+ruff check exporter tests grafana bench
+ruff format --check exporter tests grafana bench
 mypy
 python -m pytest "$@"

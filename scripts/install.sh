@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the bundle needs on a Debian machine: Prometheus, Alertmanager (with promtool and
-# amtool) from Debian, and the exporter with its demo and test extras in ./.venv.
+# amtool) from Debian, and the exporter with its demo and test extras in ./.venv; with
+# --with-bench also what bench/ needs (nginx, prometheus-blackbox-exporter).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,12 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ "${1:-}" = --with-bench ]; then
+  # The benchmark's targets and reference (bench/): nginx serves loopback pages, and the Prometheus
+  # project's blackbox_exporter is what we measure against. The tests run a smoke pass of it.
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v prometheus-blackbox-exporter >/dev/null || missing+=(prometheus-blackbox-exporter)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

@@ -1,0 +1,141 @@
+"""The table `python -m bench` prints, from the results it also writes as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1 << 20
+
+# The targets of the issue, each checked against the figure it constrains.
+CPU_RATIO = 0.8  # our CPU per probe / blackbox's, for every probe kind
+LATENCY_MS = 1.0  # latency error at 20 probes in flight
+LAG_P99 = 0.100  # seconds, at 10,000 services
+RENDER = 0.5  # seconds, /metrics at 10,000 services
+RSS = 200 * MIB  # at 10,000 services
+CPU_SHARE = 0.25  # of one core, at 10,000 services
+PER_MINUTE = 100_000  # probes per minute across shards
+
+
+QUICK = False  # a smoke run: its figures are too small to judge the targets by
+
+
+def _mark(ok: bool | None) -> str:
+    if QUICK:
+        return "(smoke)"
+    return "" if ok is None else ("ok" if ok else "MISSED")
+
+
+def _f(value: float | None, digits: int = 2, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _cpu(results: dict[str, Any]) -> list[str]:
+    first = next(iter(results.values()))
+    lines = [
+        f"CPU seconds per 1000 probes at {first['rate_per_second']} probes/s "
+        f"(median of {len(first['ratios'])} alternating pairs of {first['window_seconds']:g} s; "
+        "/proc utime+stime of each exporter)",
+        f"  {'kind':<6} {'ours':>6} {'blackbox':>9} {'ratio':>6}  {'target':<14}"
+        f"{'ratio per pair':<32} RSS ours / blackbox",
+    ]
+    for kind, row in results.items():
+        ratio = row["ratio"]
+        pairs = " ".join(f"{r:.2f}" for r in row["ratios"])
+        lines.append(
+            f"  {kind:<6} {_f(row['ours']):>6} {_f(row['blackbox']):>9} {_f(ratio):>6}  "
+            f"{'<= 0.8 ' + _mark(ratio is not None and ratio <= CPU_RATIO):<14}{pairs:<32} "
+            f"{row['ours_rss'] / MIB:.0f} / {row['blackbox_rss'] / MIB:.0f} MiB"
+        )
+    targets: dict[str, float] = {}
+    for row in results.values():
+        for name, share in row["targets_cpu_share"].items():
+            targets[name] = max(targets.get(name, 0.0), share)
+    lines.append(
+        "  targets, busiest window: "
+        + ", ".join(f"{k} {v:.0%} of a core" for k, v in targets.items())
+    )
+    return lines
+
+
+def _latency(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "Latency error |reported duration - 200 ms| in ms (p50 / p99 / mean, probes)",
+        f"  {'in flight':<10} {'ours':<30} {'blackbox':<30} {'floor (bare socket)':<30} target",
+    ]
+    for concurrency, row in results.items():
+        cells = []
+        for who in ("ours", "blackbox", "floor"):
+            e = row[who]["error_ms"]
+            cells.append(f"{_f(e['p50'], 3)} / {_f(e['p99'], 3)} / {_f(e['mean'], 3)}, {e['n']}")
+        target = ""
+        if concurrency == "20":
+            mean = row["ours"]["error_ms"]["mean"]
+            target = f"mean <= 1 ms {_mark(mean is not None and mean <= LATENCY_MS)}"
+        lines.append(f"  {concurrency:<10} {cells[0]:<30} {cells[1]:<30} {cells[2]:<30} {target}")
+    return lines
+
+
+def _scale(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "One process at scale (HTTP services on nginx)",
+        f"  {'services':>8} {'lag p50/p99/max ms':>20} {'/metrics s':>10} {'MiB (gzip)':>12} "
+        f"{'CPU core':>8} {'RSS MiB':>8} {'probes/expected':>16} {'missed':>6}",
+    ]
+    for count, row in results.items():
+        lag = row["lag_seconds"]
+        marks = ""
+        if int(count) == 10_000:
+            ok = (
+                (lag["p99"] or 0) <= LAG_P99
+                and (row["render_seconds"]["max"] or 0) <= RENDER
+                and row["memory"]["rss"] <= RSS
+                and row["cpu_share_of_one_core"] <= CPU_SHARE
+            )
+            marks = f"  targets (p99 <= 100 ms, render <= 0.5 s, <= 200 MiB, < 25%): {_mark(ok)}"
+        lags = "/".join((_f(lag["p50"], 1, 1000), _f(lag["p99"], 1, 1000), _f(lag["max"], 0, 1000)))
+        lines.append(
+            f"  {count:>8} {lags:>20} "
+            f"{_f(row['render_seconds']['max'], 3):>10} "
+            f"{row['metrics_bytes'] / MIB:>5.1f} ({row['metrics_gzip_bytes'] / MIB:.1f}) "
+            f"{row['cpu_share_of_one_core']:>8.1%} {row['memory']['rss'] / MIB:>8.0f} "
+            f"{row['probes']:>7}/{row['probes_expected']:<8.0f} {row['missed_runs']:>6}{marks}"
+        )
+    return lines
+
+
+def _shards(row: dict[str, Any]) -> list[str]:
+    lag = row["lag_seconds"]
+    per_minute = row["probes_per_minute"]
+    return [
+        f"Shards: {row['shards']} processes x {row['services'] // row['shards']} services, "
+        f"interval {row['interval_seconds']} s, one SLA file, --shard k/{row['shards']}",
+        f"  probes per minute {per_minute:,.0f} (target {PER_MINUTE:,}: "
+        f"{_mark(per_minute >= PER_MINUTE * 0.99)}), failures {row['failures']}, "
+        f"missed runs {row['missed_runs']}",
+        f"  services probed {row['services_probed']:,} of {row['services']:,}, "
+        f"by two shards {row['services_probed_by_two_shards']}, "
+        f"probes per service in the window {row['probes_per_service_in_window']}",
+        f"  lag p50/p99/max {_f(lag['p50'], 1, 1000)}/{_f(lag['p99'], 1, 1000)}/"
+        f"{_f(lag['max'], 0, 1000)} ms, /metrics max {_f(row['render_seconds_max'], 3)} s",
+        f"  CPU: shards {' + '.join(f'{c:.0%}' for c in row['cpu_share_per_shard'])} = "
+        f"{row['cpu_share_total']:.0%} of one core; targets "
+        + ", ".join(f"{k} {v:.0%}" for k, v in row["targets_cpu_share"].items())
+        + f"; RSS {', '.join(str(r // MIB) for r in row['rss_per_shard'])} MiB",
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    """Every section that ran, as aligned text."""
+    global QUICK
+    QUICK = bool(results.get("quick"))
+    lines = [f"{results['command']}  ({results['seconds']:.0f} s)"]
+    env = results["environment"]
+    lines.append(
+        f"  {env['cpus']} CPUs, Python {env['python']}, {env['blackbox_exporter']}, {env['nginx']}"
+    )
+    for section, render in (("cpu", _cpu), ("latency", _latency), ("scale", _scale)):
+        if section in results:
+            lines += ["", *render(results[section])]
+    if "shards" in results:
+        lines += ["", *_shards(results["shards"])]
+    return "\n".join(lines)
