@@ -4,12 +4,12 @@ A probe needs a small part of what a general HTTP client does (no pool, no keep-
 proxies, no streaming uploads), and a general client costs several times the CPU of the probe
 itself: with aiohttp's client, a plain HTTP probe took ~1.3 ms of CPU at 100 probes/s, of which
 the request and response objects, signals and connector machinery were most (bench/RESULTS.md).
-So the probe opens its own connection (wire.py, asyncio's transports) and leaves HTTP itself to
-h11, the sans-I/O HTTP/1.1 implementation of the python-hyper project: it writes the request and
-parses the response, its framing (Content-Length, chunked, the end of the connection) and
-interim 1xx answers, and says precisely what is wrong with a response that breaks the protocol.
-What is ours is what a probe wants on top: the phases, timed in the callbacks that see the bytes
-arrive; gzip/deflate decoding; and reading that stops one byte past the body limit.
+So the probe drives its own connection (wire.py) and leaves HTTP itself to h11, the sans-I/O
+HTTP/1.1 implementation of the python-hyper project: it writes the request and parses the
+response, its framing (Content-Length, chunked, the end of the connection) and interim 1xx
+answers, and says precisely what is wrong with a response that breaks the protocol. What is
+ours is what a probe wants on top: the phases, timed in the callbacks that see the bytes arrive;
+gzip/deflate decoding; and reading that stops one byte past the body limit.
 
 Protocol errors end the exchange as ProbeFailed with the phase they happened in; socket and TLS
 errors are raised as they are, for the probe's classifier.
@@ -227,25 +227,32 @@ async def exchange(
     TLS when `tls` is given, and read the response."""
     exchange = _Exchange(trace, limit)
     data = exchange.request(*request)
-    connection = await connect(host, port, trace)
-    exchange.connection = connection
-    try:
-        if tls is not None:
-            # The shared context's observer enters "tls" as the handshake starts.
-            await connection.tls(tls, server_hostname or host)
-        connection.receive(exchange)
+
+    def send(error: BaseException | None = None) -> None:
+        if error is not None:
+            exchange.connection_lost(error)
+            return
         trace.enter("first_byte")
-        connection.write(data)
-        response = await exchange.done
-    except BaseException:
+        assert exchange.connection is not None
+        exchange.connection.write(data)
+
+    def opened(connection: Connection) -> None:
+        exchange.connection = connection
+        connection.receive(exchange)
+        if tls is None:
+            send()
+        else:
+            # The shared context's observer enters "tls" as the handshake starts; the request
+            # goes out from the callback that sees it complete.
+            connection.start_tls(tls, server_hostname or host, send)
+
+    connection = await connect(host, port, trace, opened)
+    try:
+        return await exchange.done
+    finally:
         # Nothing stays open past the exchange (no keep-alive); one cut short (timeout, body
         # too large, error) is aborted rather than closed politely.
-        connection.abort()
-        if exchange.done.done() and not exchange.done.cancelled():
-            exchange.done.exception()  # retrieved: the error raised here is the one that counts
-        raise
-    if response.too_large is None:
-        connection.close()
-    else:
-        connection.abort()  # the rest of the body is not for us
-    return response
+        if exchange.done.done() and not exchange.done.cancelled() and not exchange.done.exception():
+            connection.close()
+        else:
+            connection.abort()

@@ -124,9 +124,10 @@ class _Session:
         self.last = arrived
         return code, text
 
-    async def ehlo(self, name: str) -> None:
-        """EHLO and the extensions its reply lists."""
-        self.connection.write(f"EHLO {name}\r\n".encode())
+    async def ehlo(self, name: str, sent: bool = False) -> None:
+        """EHLO (unless it was `sent` already) and the extensions its reply lists."""
+        if not sent:
+            self.connection.write(f"EHLO {name}\r\n".encode())
         _, text = await self.expect((250,), "EHLO")
         self.extensions = {}
         for line in text.split("\n")[1:]:  # the first line is the server's greeting
@@ -179,10 +180,11 @@ async def probe(config: SMTPProbe, trace: Trace) -> str:
                     assert context is not None
                     trace.enter("starttls")
                     await session.command("STARTTLS", (220,), "STARTTLS")
-                    await connection.tls(context, server_name)
-                    # RFC 3207 4.2: forget what was said before TLS and ask again.
+                    # RFC 3207 4.2: forget what was said before TLS and ask again, at once.
+                    ehlo = f"EHLO {config.ehlo_name}\r\n".encode()
+                    await connection.tls(context, server_name, then=ehlo)
                     trace.enter("ehlo")
-                    await session.ehlo(config.ehlo_name)
+                    await session.ehlo(config.ehlo_name, sent=True)
                     steps.append("STARTTLS")
                     encrypted = True
                 elif starttls == "required":

@@ -6,8 +6,8 @@ CA file changes on disk. Each probe still does a full handshake with full verifi
 connection: nothing that a context shares (no session cache is used) can hide a bad certificate.
 
 A shared context cannot carry a probe's callbacks, so probes announce themselves through a
-context variable: asyncio builds the TLS object of a connection (`wrap_bio`) in the task that
-opened it, and the object keeps the observer it found there until its handshake is done.
+context variable: the TLS object of a connection is built (`wrap_bio`) in the task that opened
+it, and the object keeps the observer it found there until its handshake is done.
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ class _ObservedObject(ssl.SSLObject):
 class _ObservedContext(ssl.SSLContext):
     """A client context whose connections report to the observer of the task opening them.
 
-    asyncio calls wrap_bio when loop.start_tls builds the TLS protocol of a connected socket
-    (wire.py: HTTPS, implicit TLS and STARTTLS alike), so the call also marks the end of TCP
-    connect and the start of the handshake.
+    wire.py calls wrap_bio once TCP is connected (HTTPS, implicit TLS, STARTTLS alike), so the
+    call also marks the end of TCP connect and the start of the handshake.
     """
 
     sslobject_class = _ObservedObject
