@@ -182,6 +182,26 @@ def test_aliases_that_multiply_are_capped() -> None:
     assert "too many values (over 100000); check the aliases" in errors_of(text)
 
 
+def test_a_file_of_many_services_is_not_mistaken_for_an_alias_bomb(tmp_path: Path) -> None:
+    """Sharded exporters share one file of up to 100,000 services (docs/SCALING.md): more values
+    than the fixed cap, but no more than the file holds, so nothing multiplies them."""
+    count = 34_000  # 3 values each (service, http, url): 102,000, over the 100,000 floor
+    lines = [f"  s{i}: {{http: {{url: 'http://127.0.0.1:9/{i}'}}}}" for i in range(count)]
+    path = tmp_path / "sla.yml"
+    path.write_text("sla: {name: x}\nservices:\n" + "\n".join(lines) + "\n")
+    assert len(load(path).services) == count
+
+
+def test_aliases_that_multiply_a_large_file_are_capped_by_its_size() -> None:
+    bomb = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    filler = [f"f{i}: [1, 2, 3, 4, 5, 6, 7, 8, 9]" for i in range(2_000)]  # 20,001 values
+    text = "\n".join(bomb + filler) + "\nsla: {name: x}\n"
+    # 10 times the values the file holds: the document, the bomb's 18 (aliases count once), the
+    # filler's 20,000, `sla` and its name: 20,021.
+    assert "too many values (over 200210); check the aliases" in errors_of(text)
+
+
 # --------------------------------------------------------------------------------------------
 # Good configs and defaults
 

@@ -611,8 +611,11 @@ class Config(Model):
 Path_ = tuple[str | int, ...]
 
 _YAML_TAG = "tag:yaml.org,2002:"
-# Aliases can multiply a small file ("billion laughs"); real configs are far smaller.
+# Aliases can multiply a small file ("billion laughs"). Reading stops past this many values, or
+# past _MAX_EXPANSION times the values the file itself holds, whichever is more: a file of
+# 100,000 services (sharded, docs/SCALING.md) reads, a few lines of aliases do not.
 _MAX_NODES = 100_000
+_MAX_EXPANSION = 10
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -636,6 +639,7 @@ class _Reader:
         self._constructor = yaml.SafeLoader("")
         self._open: set[int] = set()  # ids of the nodes being read, to catch recursive aliases
         self._count = 0
+        self.limit = _MAX_NODES
 
     def error(self, path: Path_, line: int, message: str) -> None:
         self.failed.add(path)
@@ -649,9 +653,9 @@ class _Reader:
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
         self._count += 1
-        if self._count > _MAX_NODES:
-            if self._count == _MAX_NODES + 1:
-                self.error(path, line, f"too many values (over {_MAX_NODES}); check the aliases")
+        if self._count > self.limit:
+            if self._count == self.limit + 1:
+                self.error(path, line, f"too many values (over {self.limit}); check the aliases")
             return None
         if id(node) in self._open:
             self.error(path, line, "an alias refers to a value that contains it")
@@ -1009,6 +1013,7 @@ def parse_model(
         raise ConfigInvalid(file, [ConfigError(file, 1, "", f"invalid YAML: {err}")]) from None
     if node is None:
         raise ConfigInvalid(file, [ConfigError(file, 1, "", "the file is empty")])
+    reader.limit = max(_MAX_NODES, _MAX_EXPANSION * _distinct_nodes(node))
     data = reader.read(node)
     if model is Config:
         data = _prepare_sla(reader, data)
@@ -1053,6 +1058,22 @@ def parse(
     are relative to `base_dir`, by default the directory of `file`.
     """
     return parse_model(text, file, Config, base_dir=base_dir)
+
+
+def _distinct_nodes(root: yaml.Node) -> int:
+    """How many values the file itself holds: its nodes, each alias target counted once."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(value for _, value in node.value)
+    return len(seen)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
