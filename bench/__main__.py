@@ -116,11 +116,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             if "cpu" in sections:
                 results["cpu"] = await scenarios.cpu(bench, kinds, rounds, rate)
+                checkpoint(args.out, results)
             if "latency" in sections:
                 # Latency windows are long (30 s at one probe in flight): fewer rounds suffice.
                 results["latency"] = await scenarios.latency(bench, (1, 20), rounds // 2 + 1)
+                checkpoint(args.out, results)
             if "scale" in sections:
                 results["scale"] = await scenarios.scale(bench, counts, interval)
+                checkpoint(args.out, results)
             if "shards" in sections:
                 results["shards"] = await scenarios.shards(bench, shard_count, per_shard, interval)
     finally:
@@ -131,6 +134,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = time.monotonic() - started
     return results
+
+
+def checkpoint(out: Path, results: dict[str, Any]) -> None:
+    """The sections done so far, in case a later one fails (the run takes half an hour)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "partial.json").write_text(json.dumps(results, indent=2, default=float))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

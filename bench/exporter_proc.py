@@ -12,14 +12,13 @@ from __future__ import annotations
 import array
 import asyncio
 import inspect
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from sla_exporter import cli, config
+from sla_exporter import cli
 from sla_exporter.config import Service
 from sla_exporter.exporter import Exporter
 from sla_exporter.probes import ProbeResult
@@ -78,17 +77,7 @@ def instrument(exporter: Exporter, app: web.Application) -> None:
     app.router.add_get("/-/bench/samples", read)
 
 
-# The shared SLA file of the shards scenario holds 100,000 services, 300,000 YAML values; the
-# shipped config.py refuses files of more than 100,000 (a guard against alias bombs, sized for a
-# handful of services). The shards scenario lifts it here through this variable, in this process
-# only; nothing else differs. See bench/RESULTS.md.
-MAX_YAML_VALUES = "SLA_BENCH_MAX_YAML_VALUES"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if MAX_YAML_VALUES in os.environ:
-        config._MAX_NODES = int(os.environ[MAX_YAML_VALUES])
-
     def make_instrumented_app(exporter: Exporter, web_config: WebConfig | None) -> web.Application:
         app = make_app(exporter, web_config)
         instrument(exporter, app)

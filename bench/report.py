@@ -79,7 +79,7 @@ def _scale(results: dict[str, Any]) -> list[str]:
     lines = [
         "One process at scale (HTTP services on nginx)",
         f"  {'services':>8} {'lag p50/p99/max ms':>20} {'/metrics s':>10} {'MiB (gzip)':>12} "
-        f"{'CPU core':>8} {'RSS MiB':>8} {'probes/expected':>16} {'missed':>6}",
+        f"{'CPU core':>8} {'RSS peak MiB':>12} {'probes/expected':>16} {'missed':>6}",
     ]
     for count, row in results.items():
         lag = row["lag_seconds"]
@@ -88,7 +88,7 @@ def _scale(results: dict[str, Any]) -> list[str]:
             ok = (
                 (lag["p99"] or 0) <= LAG_P99
                 and (row["render_seconds"]["max"] or 0) <= RENDER
-                and row["memory"]["rss"] <= RSS
+                and row["memory"]["rss_peak"] <= RSS
                 and row["cpu_share_of_one_core"] <= CPU_SHARE
             )
             marks = f"  targets (p99 <= 100 ms, render <= 0.5 s, <= 200 MiB, < 25%): {_mark(ok)}"
@@ -97,7 +97,7 @@ def _scale(results: dict[str, Any]) -> list[str]:
             f"  {count:>8} {lags:>20} "
             f"{_f(row['render_seconds']['max'], 3):>10} "
             f"{row['metrics_bytes'] / MIB:>5.1f} ({row['metrics_gzip_bytes'] / MIB:.1f}) "
-            f"{row['cpu_share_of_one_core']:>8.1%} {row['memory']['rss'] / MIB:>8.0f} "
+            f"{row['cpu_share_of_one_core']:>8.1%} {row['memory']['rss_peak'] / MIB:>12.0f} "
             f"{row['probes']:>7}/{row['probes_expected']:<8.0f} {row['missed_runs']:>6}{marks}"
         )
     return lines
@@ -120,7 +120,7 @@ def _shards(row: dict[str, Any]) -> list[str]:
         f"  CPU: shards {' + '.join(f'{c:.0%}' for c in row['cpu_share_per_shard'])} = "
         f"{row['cpu_share_total']:.0%} of one core; targets "
         + ", ".join(f"{k} {v:.0%}" for k, v in row["targets_cpu_share"].items())
-        + f"; RSS {', '.join(str(r // MIB) for r in row['rss_per_shard'])} MiB",
+        + f"; RSS peak {', '.join(str(r // MIB) for r in row['rss_peak_per_shard'])} MiB",
     ]
 
 
