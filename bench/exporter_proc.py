@@ -3,8 +3,9 @@
 `python -m bench.exporter_proc <sla-exporter flags>` is `sla-exporter <flags>` with one addition:
 GET /-/bench/samples returns, as JSON, every schedule lag and probe duration the scheduler saw
 since the previous call (and which services it probed), so the harness can report exact
-percentiles instead of histogram buckets. Recording is an append to an array per probe; nothing
-else differs from the shipped exporter (same Exporter, same web app, same flags).
+percentiles instead of histogram buckets, with the exact time that covers and the shortest time
+between two runs of one service. Recording is an append to an array and a dict update per
+probe; nothing else differs from the shipped exporter (same Exporter, same web app, same flags).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import array
 import asyncio
 import inspect
+import math
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -30,19 +33,29 @@ class Samples:
     """What the scheduler did since the last read."""
 
     def __init__(self) -> None:
+        self.last_start: dict[str, float] = {}  # kept across reads: a gap may span two windows
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
         self.lags = array.array("d")
         self.durations = array.array("d")
         self.failures = 0
         self.probed: Counter[str] = Counter()
+        self.shortest_gap = math.inf
 
-    def reset(self) -> None:
-        self.lags = array.array("d")
-        self.durations = array.array("d")
-        self.failures = 0
-        self.probed = Counter()
+    def started(self, name: str) -> None:
+        """A run of `name` starts now."""
+        now = time.monotonic()
+        previous = self.last_start.get(name)
+        if previous is not None:
+            self.shortest_gap = min(self.shortest_gap, now - previous)
+        self.last_start[name] = now
 
     def read(self, exporter: Exporter, names: bool) -> dict[str, object]:
-        out = {
+        out: dict[str, object] = {
+            "seconds": time.monotonic() - self.since,
+            "shortest_gap": None if math.isinf(self.shortest_gap) else self.shortest_gap,
             "lags": self.lags.tolist(),
             "durations": self.durations.tolist(),
             "failures": self.failures,
@@ -59,8 +72,9 @@ def instrument(exporter: Exporter, app: web.Application) -> None:
     scheduler = exporter.scheduler
     on_lag, on_result = scheduler.on_lag, scheduler.on_result
 
-    def lag(name: str, seconds: float) -> None:
+    def lag(name: str, seconds: float) -> None:  # called as a run starts
         samples.lags.append(seconds)
+        samples.started(name)
         on_lag(name, seconds)
 
     def result(name: str, service: Service, result: ProbeResult, maintenance: bool) -> None:

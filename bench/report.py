@@ -114,7 +114,8 @@ def _shards(row: dict[str, Any]) -> list[str]:
         f"missed runs {row['missed_runs']}",
         f"  services probed {row['services_probed']:,} of {row['services']:,}, "
         f"by two shards {row['services_probed_by_two_shards']}, "
-        f"probes per service in the window {row['probes_per_service_in_window']}",
+        f"probes per service in the window {row['probes_per_service_in_window']}, "
+        f"shortest time between two runs of a service {_f(row.get('shortest_gap_seconds'))} s",
         f"  lag p50/p99/max {_f(lag['p50'], 1, 1000)}/{_f(lag['p99'], 1, 1000)}/"
         f"{_f(lag['max'], 0, 1000)} ms, /metrics max {_f(row['render_seconds_max'], 3)} s",
         f"  CPU: shards {' + '.join(f'{c:.0%}' for c in row['cpu_share_per_shard'])} = "

@@ -294,7 +294,7 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
         lags: list[float] = samples["lags"]
         durations: list[float] = samples["durations"]
         wall = t1 - t0
-        expected = count * wall / interval
+        expected = count * samples["seconds"] / interval  # the samples' own window
         out[str(count)] = {
             "services": count,
             "interval_seconds": interval,
@@ -371,6 +371,10 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
         probes_per_service.update(probed.values())
     lags = [lag for sample in samples for lag in sample["lags"]]
     probes = sum(len(sample["durations"]) for sample in samples)
+    # Each shard's samples cover its own window (read one shard after the other, a little
+    # longer than t0..t1): its rate is its probes over its window.
+    per_minute = sum(60 * len(s["durations"]) / s["seconds"] for s in samples)
+    gaps = [s["shortest_gap"] for s in samples if s["shortest_gap"] is not None]
     cpu_total = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
     result = {
         "shards": count,
@@ -379,7 +383,9 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
         "startup_seconds": ready,
         "window_seconds": wall,
         "probes": probes,
-        "probes_per_minute": probes * 60 / wall,
+        "probes_per_minute": per_minute,
+        "sample_window_seconds": [s["seconds"] for s in samples],
+        "shortest_gap_seconds": min(gaps) if gaps else None,
         "failures": sum(s["failures"] for s in samples),
         "missed_runs": sum(s["missed"] for s in samples),
         "services_per_shard": [s["services"] for s in samples],

@@ -55,3 +55,5 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
     assert shards["services_probed"] == shards["services"]
     assert shards["services_probed_by_two_shards"] == 0
     assert shards["failures"] == 0 and shards["missed_runs"] == 0
+    # Once per interval: no service ran again before its interval was (nearly) up.
+    assert shards["shortest_gap_seconds"] > 0.9 * shards["interval_seconds"]
