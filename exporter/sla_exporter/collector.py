@@ -72,10 +72,11 @@ class Health:
 #
 # Tens of thousands of services make hundreds of thousands of samples per scrape. Built as
 # prometheus_client Metric and Sample objects and formatted one label at a time, 10,000 services
-# took 1.7 s per scrape on the event loop (bench/RESULTS.md); written straight to text, with each
-# service's label escaped once and its samples appended to its families' lists, they take a
-# fraction of that, in a thread, from a snapshot taken on the loop in one go (so a scrape still
-# sees each service either before or after a probe result, never half of it).
+# took seconds per scrape on the event loop (4 s in bench/RESULTS.md); written straight to
+# text, with each service's label escaped once and its samples appended to its families' lists,
+# they take a fraction of that, written BATCH services at a time with the event loop given back
+# in between (see `render`); each service is written in one go, so a scrape still sees it either
+# before or after a probe result, never half of it.
 
 GAUGE, COUNTER = "gauge", "counter"
 
