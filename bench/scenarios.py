@@ -12,7 +12,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,51 @@ def quantiles(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+@dataclass
+class Measured:
+    """One measured window of our exporter."""
+
+    cpu_seconds: float
+    wall_seconds: float
+    targets_cpu: dict[str, float]  # CPU seconds of each target in the window
+    samples: dict[str, Any]  # what /-/bench/samples reported for the window
+    memory: dict[str, int]
+    scrapes: list[Scrape]
+
+
+async def _measure(bench: Bench, ours: Ours, during: Awaitable[list[Scrape]]) -> Measured:
+    """Measure `ours` while `during` (a coroutine not yet started, which scrapes it) runs: CPU,
+    the targets' CPU, samples."""
+    await ours.samples(bench.session)  # what came before the window is not measured
+    targets0 = bench.targets.cpu()
+    cpu0, t0 = ours.proc.cpu(), time.monotonic()
+    scrapes = await during
+    cpu1, t1 = ours.proc.cpu(), time.monotonic()
+    targets1 = bench.targets.cpu()
+    samples = await ours.samples(bench.session)
+    return Measured(
+        cpu_seconds=cpu1 - cpu0,
+        wall_seconds=t1 - t0,
+        targets_cpu={k: targets1[k] - targets0[k] for k in targets1},
+        samples=samples,
+        memory=ours.proc.memory(),
+        scrapes=scrapes,
+    )
+
+
+async def _scrape_every_15s(bench: Bench, exporters: Sequence[Ours], window: float) -> list[Scrape]:
+    """Scrape every exporter's /metrics as Prometheus does, every 15 s (or twice in a shorter
+    window), for `window` seconds."""
+    every = min(15.0, window / 2)
+    scrapes: list[Scrape] = []
+    for _ in range(int(window / every)):
+        begun = time.monotonic()
+        for exporter in exporters:
+            scrapes.append(await exporter.scrape(bench.session))
+        await asyncio.sleep(every - (time.monotonic() - begun))
+    return scrapes
+
+
 # --------------------------------------------------------------------------------------------
 # CPU per probe
 
@@ -68,35 +113,34 @@ async def _ours_window(
 ) -> dict[str, Any]:
     """Start our exporter on `config`, let it settle, then measure one window."""
     ours = Ours(bench.work, config)
-    try:
-        await asyncio.to_thread(ours.wait_ready)
-        await asyncio.sleep(warmup)
-        await ours.samples(bench.session)  # discard the warm-up
-        targets0 = bench.targets.cpu()
-        cpu0, t0 = ours.proc.cpu(), time.monotonic()
-        found: list[Scrape] = []
+
+    async def scraped() -> list[Scrape]:
         # Prometheus scrapes /metrics every 15 s; the window holds its share of scrapes.
+        found: list[Scrape] = []
         for _ in range(scrapes):
             await asyncio.sleep(window / scrapes / 2)
             found.append(await ours.scrape(bench.session))
             await asyncio.sleep(window / scrapes / 2)
-        cpu1, t1 = ours.proc.cpu(), time.monotonic()
-        targets1 = bench.targets.cpu()
-        samples = await ours.samples(bench.session)
-        memory = ours.proc.memory()
+        return found
+
+    try:
+        await asyncio.to_thread(ours.wait_ready)
+        await asyncio.sleep(warmup)
+        measured = await _measure(bench, ours, scraped())
     finally:
         ours.stop()
+    samples = measured.samples
     durations: list[float] = samples["durations"]
     return {
-        "cpu_seconds": cpu1 - cpu0,
-        "wall_seconds": t1 - t0,
+        "cpu_seconds": measured.cpu_seconds,
+        "wall_seconds": measured.wall_seconds,
         "probes": len(durations),
         "failures": samples["failures"],
         "durations": durations,
         "lags": samples["lags"],
-        "memory": memory,
-        "scrapes": [vars(s) for s in found],
-        "targets_cpu": {k: targets1[k] - targets0[k] for k in targets1},
+        "memory": measured.memory,
+        "scrapes": [vars(s) for s in measured.scrapes],
+        "targets_cpu": measured.targets_cpu,
     }
 
 
@@ -269,31 +313,21 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
         config = bench.work / f"scale-{count}.yml"
         config.write_text(sla_file("http", count, f"{interval}s", bench.at))
         ours = Ours(bench.work, config, name=f"scale-{count}")
+        window = interval * (1 if bench.quick else 2)
         try:
             started = time.monotonic()
             await asyncio.to_thread(ours.wait_ready)
             ready = time.monotonic() - started
             # One whole interval for start-up (first runs spread over it), then one measured.
             await asyncio.sleep(interval + bench.seconds(10, 1))
-            await ours.samples(bench.session)
-            targets0 = bench.targets.cpu()
-            cpu0, t0 = ours.proc.cpu(), time.monotonic()
-            scrapes: list[Scrape] = []
-            window = interval * (1 if bench.quick else 2)
-            scrape_every = min(15.0, window / 2)
-            for _ in range(int(window / scrape_every)):
-                begun = time.monotonic()
-                scrapes.append(await ours.scrape(bench.session))
-                await asyncio.sleep(scrape_every - (time.monotonic() - begun))
-            cpu1, t1 = ours.proc.cpu(), time.monotonic()
-            targets1 = bench.targets.cpu()
-            samples = await ours.samples(bench.session)
-            memory = ours.proc.memory()
+            measured = await _measure(bench, ours, _scrape_every_15s(bench, [ours], window))
         finally:
             ours.stop()
+        samples, memory, wall = measured.samples, measured.memory, measured.wall_seconds
+        cpu = measured.cpu_seconds
+        scrapes = measured.scrapes
         lags: list[float] = samples["lags"]
         durations: list[float] = samples["durations"]
-        wall = t1 - t0
         expected = count * samples["seconds"] / interval  # the samples' own window
         out[str(count)] = {
             "services": count,
@@ -308,11 +342,11 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
             "render_seconds": quantiles([s.seconds for s in scrapes]),
             "metrics_bytes": max(s.text_bytes for s in scrapes),
             "metrics_gzip_bytes": max(s.wire_bytes for s in scrapes),
-            "cpu_seconds": cpu1 - cpu0,
-            "cpu_share_of_one_core": (cpu1 - cpu0) / wall,
-            "cpu_seconds_per_1000": 1000 * (cpu1 - cpu0) / len(durations) if durations else None,
+            "cpu_seconds": cpu,
+            "cpu_share_of_one_core": cpu / wall,
+            "cpu_seconds_per_1000": 1000 * cpu / len(durations) if durations else None,
             "memory": memory,
-            "targets_cpu_share": {k: (targets1[k] - targets0[k]) / wall for k in targets1},
+            "targets_cpu_share": {k: v / wall for k, v in measured.targets_cpu.items()},
         }
         bench.log(
             f"scale {count}: p99 lag {out[str(count)]['lag_seconds']['p99']}, "
@@ -346,14 +380,7 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
         targets0 = bench.targets.cpu()
         cpu0 = [s.proc.cpu() for s in procs]
         t0 = time.monotonic()
-        window = float(interval)
-        scrape_every = min(15.0, window / 2)
-        scrapes: list[list[Scrape]] = [[] for _ in procs]
-        for _ in range(int(window / scrape_every)):
-            begun = time.monotonic()
-            for i, shard in enumerate(procs):  # Prometheus scrapes every shard
-                scrapes[i].append(await shard.scrape(bench.session))
-            await asyncio.sleep(scrape_every - (time.monotonic() - begun))
+        scrapes = await _scrape_every_15s(bench, procs, float(interval))  # Prometheus scrapes each
         t1 = time.monotonic()
         cpu1 = [s.proc.cpu() for s in procs]
         targets1 = bench.targets.cpu()
@@ -394,7 +421,7 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
         "probes_per_service_in_window": dict(sorted(probes_per_service.items())),
         "lag_seconds": quantiles(lags),
         "lag_p99_per_shard": [quantiles(s["lags"])["p99"] for s in samples],
-        "render_seconds_max": max(s.seconds for per in scrapes for s in per),
+        "render_seconds_max": max(s.seconds for s in scrapes),
         "cpu_share_per_shard": [(b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)],
         "cpu_share_total": cpu_total / wall,
         "targets_cpu_share": {k: (targets1[k] - targets0[k]) / wall for k in targets1},
