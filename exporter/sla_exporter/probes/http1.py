@@ -1,10 +1,10 @@
 """HTTP/1.1 on the wire for probes: one request on one fresh connection, read as it arrives.
 
 A probe needs a small part of what a general HTTP client does (no pool, no keep-alive, no
-proxies, no streaming uploads), and a general client costs several times the CPU of the probe
-itself: with aiohttp's client, a plain HTTP probe cost 0.90x the CPU of blackbox_exporter's,
-against 0.48x now, and the request and response objects, signals and connector machinery were
-most of it (bench/RESULTS.md).
+proxies, no streaming uploads), and a general client spends most of a probe's CPU on the rest:
+with aiohttp's client, a plain HTTP probe cost 0.90x the CPU of blackbox_exporter's, against
+0.48x now, and the request and response objects, signals and connector machinery were most of
+it (bench/RESULTS.md).
 So the probe drives its own connection (wire.py) and leaves HTTP itself to h11, the sans-I/O
 HTTP/1.1 implementation of the python-hyper project: it writes the request and parses the
 response, its framing (Content-Length, chunked, the end of the connection) and interim 1xx
