@@ -55,5 +55,7 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
     assert shards["services_probed"] == shards["services"]
     assert shards["services_probed_by_two_shards"] == 0
     assert shards["failures"] == 0 and shards["missed_runs"] == 0
-    # Once per interval: no service ran again before its interval was (nearly) up.
-    assert shards["shortest_gap_seconds"] > 0.9 * shards["interval_seconds"]
+    # Once per interval: no service ran a second time within one interval. (A run may start late
+    # by the scheduling lag, which on a loaded machine can be a good part of the 2 s interval of a
+    # smoke run, and the next run on time; a second run in the same interval would come far sooner.)
+    assert shards["shortest_gap_seconds"] > 0.5 * shards["interval_seconds"]
