@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from sla_exporter.cli import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+
 from . import report, scenarios
 from .configs import KINDS, blackbox_file
 from .targets import Targets
@@ -51,12 +53,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--event-loop",
+        default=DEFAULT_EVENT_LOOP,
+        choices=EVENT_LOOPS,
+        help="our exporter's event loop (its --event-loop; default: %(default)s)",
+    )
+    parser.add_argument(
         "--blackbox", default="prometheus-blackbox-exporter", help="blackbox_exporter binary"
     )
     return parser.parse_args(argv)
 
 
-def environment(blackbox: str) -> dict[str, Any]:
+def environment(blackbox: str, event_loop: str) -> dict[str, Any]:
     def version(argv: list[str]) -> str:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -67,6 +75,7 @@ def environment(blackbox: str) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "event_loop": event_loop,
         "kernel": platform.release(),
         "blackbox_exporter": version([blackbox, "--version"]),
         "nginx": version(["nginx", "-v"]),
@@ -99,7 +108,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "quick": quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": environment(args.blackbox),
+        "environment": environment(args.blackbox, args.event_loop),
     }
     started = time.monotonic()
 
@@ -112,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bb_config.write_text(blackbox_file(at))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             bench = scenarios.Bench(
-                work, at, targets, blackbox or "", bb_config, quick, session, log
+                work, at, targets, blackbox or "", bb_config, quick, session, log, args.event_loop
             )
             if "cpu" in sections:
                 results["cpu"] = await scenarios.cpu(bench, kinds, rounds, rate)

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # PYTHONPATH, as bench/RESULTS.md does): it built its app through this name.
         cli.make_app = make_instrumented_app  # type: ignore[attr-defined,assignment]
         return asyncio.run(cli.serve(args))
-    return asyncio.run(cli.serve(args, app=make_instrumented_app))
+    return cli.run(cli.serve(args, app=make_instrumented_app), args.event_loop)
 
 
 if __name__ == "__main__":

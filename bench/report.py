@@ -132,7 +132,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [f"{results['command']}  ({results['seconds']:.0f} s)"]
     env = results["environment"]
     lines.append(
-        f"  {env['cpus']} CPUs, Python {env['python']}, {env['blackbox_exporter']}, {env['nginx']}"
+        f"  {env['cpus']} CPUs, Python {env['python']} (our event loop: "
+        f"{env.get('event_loop', 'asyncio')}), {env['blackbox_exporter']}, {env['nginx']}"
     )
     for section, render in (("cpu", _cpu), ("latency", _latency), ("scale", _scale)):
         if section in results:

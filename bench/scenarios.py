@@ -36,6 +36,11 @@ class Bench:
     quick: bool
     session: aiohttp.ClientSession
     log: Any  # print-like progress callback
+    event_loop: str  # our exporter's --event-loop
+
+    def ours(self, config: Path, extra: Sequence[str] = (), name: str = "ours") -> Ours:
+        """Our exporter on `config`, on the bench's event loop."""
+        return Ours(self.work, config, [f"--event-loop={self.event_loop}", *extra], name)
 
     def seconds(self, full: float, quick: float) -> float:
         return quick if self.quick else full
@@ -112,7 +117,7 @@ async def _ours_window(
     bench: Bench, config: Path, warmup: float, window: float, scrapes: int = 1
 ) -> dict[str, Any]:
     """Start our exporter on `config`, let it settle, then measure one window."""
-    ours = Ours(bench.work, config)
+    ours = bench.ours(config)
 
     async def scraped() -> list[Scrape]:
         # Prometheus scrapes /metrics every 15 s; the window holds its share of scrapes.
@@ -312,7 +317,7 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
     for count in counts:
         config = bench.work / f"scale-{count}.yml"
         config.write_text(sla_file("http", count, f"{interval}s", bench.at))
-        ours = Ours(bench.work, config, name=f"scale-{count}")
+        ours = bench.ours(config, name=f"scale-{count}")
         window = interval * (1 if bench.quick else 2)
         try:
             started = time.monotonic()
@@ -366,7 +371,7 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
     config = bench.work / f"shards-{total}.yml"
     config.write_text(sla_file("http", total, f"{interval}s", bench.at))
     procs = [
-        Ours(bench.work, config, [f"--shard={k}/{count}"], f"shard-{k}-of-{count}")
+        bench.ours(config, [f"--shard={k}/{count}"], f"shard-{k}-of-{count}")
         for k in range(1, count + 1)
     ]
     try:

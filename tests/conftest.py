@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
+
+try:
+    import uvloop
+except ImportError:  # Windows: the exporter runs on asyncio's loop only
+    uvloop = None  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +72,14 @@ def secret_file(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "secret"
     path.write_text("s3cr3t-value\n")
     yield path
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on both event loops the exporter can run on (`--event-loop`):
+    uvloop, its default, and asyncio's own, where uvloop is not installed."""
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    if uvloop is not None:
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops

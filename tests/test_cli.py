@@ -201,6 +201,39 @@ def test_logfmt_is_the_default_log_format(tmp_path: Path) -> None:
     assert first.startswith("ts=") and " level=info logger=sla_exporter msg=" in first
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_the_exporter_runs_on_the_event_loop_it_is_given(tmp_path: Path, event_loop: str) -> None:
+    proc, _, port = launch(tmp_path, "--event-loop", event_loop, "--log.format", "json")
+    proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")
+    proc.wait_for(lambda: "sla_probe_success" in get(f"http://127.0.0.1:{port}/metrics"), "a probe")
+    assert proc.stop() == 0
+    started = [json.loads(line) for line in proc.log.read_text().splitlines()]
+    assert any(line["msg"].endswith(f", event loop {event_loop})") for line in started)
+
+
+def test_uvloop_is_the_default_event_loop_where_it_is_installed() -> None:
+    from sla_exporter import cli
+
+    assert cli.parse_args([]).event_loop == "uvloop"
+
+
+def test_asking_for_uvloop_where_it_is_missing_is_a_clear_error(tmp_path: Path) -> None:
+    # A stand-in for a machine without uvloop: an import path where `import uvloop` fails.
+    (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")
+    config = tmp_path / "sla.yml"
+    config.write_text(CONFIG)
+    result = subprocess.run(
+        [sys.executable, "-m", "sla_exporter", "--config.file", str(config), "--event-loop=uvloop"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert "sla-exporter: --event-loop=uvloop: uvloop is not installed" in result.stderr
+
+
 def test_the_web_config_serves_over_tls(tmp_path: Path, ca: trustme.CA) -> None:
     cert = ca.issue_cert("127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
