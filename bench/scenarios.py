@@ -66,33 +66,35 @@ def quantiles(values: Sequence[float]) -> dict[str, float | None]:
 
 @dataclass
 class Measured:
-    """One measured window of our exporter."""
+    """One measured window of our exporters (one, or the shards of one file)."""
 
-    cpu_seconds: float
     wall_seconds: float
     targets_cpu: dict[str, float]  # CPU seconds of each target in the window
-    samples: dict[str, Any]  # what /-/bench/samples reported for the window
-    memory: dict[str, int]
     scrapes: list[Scrape]
+    cpu_seconds: list[float]  # of each exporter, in the order given
+    samples: list[dict[str, Any]]  # what each one's /-/bench/samples reported for the window
+    memory: list[dict[str, int]]
 
 
-async def _measure(bench: Bench, ours: Ours, during: Awaitable[list[Scrape]]) -> Measured:
-    """Measure `ours` while `during` (a coroutine not yet started, which scrapes it) runs: CPU,
-    the targets' CPU, samples."""
-    await ours.samples(bench.session)  # what came before the window is not measured
+async def _measure(
+    bench: Bench, exporters: Sequence[Ours], during: Awaitable[list[Scrape]], names: bool = False
+) -> Measured:
+    """Measure `exporters` while `during` (a coroutine not yet started, which scrapes them)
+    runs: their CPU and samples, the targets' CPU. `names`: samples say which services ran."""
+    for ours in exporters:
+        await ours.samples(bench.session)  # what came before the window is not measured
     targets0 = bench.targets.cpu()
-    cpu0, t0 = ours.proc.cpu(), time.monotonic()
+    cpu0, t0 = [ours.proc.cpu() for ours in exporters], time.monotonic()
     scrapes = await during
-    cpu1, t1 = ours.proc.cpu(), time.monotonic()
+    cpu1, t1 = [ours.proc.cpu() for ours in exporters], time.monotonic()
     targets1 = bench.targets.cpu()
-    samples = await ours.samples(bench.session)
     return Measured(
-        cpu_seconds=cpu1 - cpu0,
         wall_seconds=t1 - t0,
         targets_cpu={k: targets1[k] - targets0[k] for k in targets1},
-        samples=samples,
-        memory=ours.proc.memory(),
         scrapes=scrapes,
+        cpu_seconds=[b - a for a, b in zip(cpu0, cpu1, strict=True)],
+        samples=[await ours.samples(bench.session, names) for ours in exporters],
+        memory=[ours.proc.memory() for ours in exporters],
     )
 
 
@@ -131,19 +133,19 @@ async def _ours_window(
     try:
         await asyncio.to_thread(ours.wait_ready)
         await asyncio.sleep(warmup)
-        measured = await _measure(bench, ours, scraped())
+        measured = await _measure(bench, [ours], scraped())
     finally:
         ours.stop()
-    samples = measured.samples
+    samples = measured.samples[0]
     durations: list[float] = samples["durations"]
     return {
-        "cpu_seconds": measured.cpu_seconds,
+        "cpu_seconds": measured.cpu_seconds[0],
         "wall_seconds": measured.wall_seconds,
         "probes": len(durations),
         "failures": samples["failures"],
         "durations": durations,
         "lags": samples["lags"],
-        "memory": measured.memory,
+        "memory": measured.memory[0],
         "scrapes": [vars(s) for s in measured.scrapes],
         "targets_cpu": measured.targets_cpu,
     }
@@ -325,11 +327,11 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
             ready = time.monotonic() - started
             # One whole interval for start-up (first runs spread over it), then one measured.
             await asyncio.sleep(interval + bench.seconds(10, 1))
-            measured = await _measure(bench, ours, _scrape_every_15s(bench, [ours], window))
+            measured = await _measure(bench, [ours], _scrape_every_15s(bench, [ours], window))
         finally:
             ours.stop()
-        samples, memory, wall = measured.samples, measured.memory, measured.wall_seconds
-        cpu = measured.cpu_seconds
+        samples, memory, wall = measured.samples[0], measured.memory[0], measured.wall_seconds
+        cpu = measured.cpu_seconds[0]
         scrapes = measured.scrapes
         lags: list[float] = samples["lags"]
         durations: list[float] = samples["durations"]
@@ -380,21 +382,13 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
             await asyncio.to_thread(shard.wait_ready, 900.0)
         ready = time.monotonic() - started
         await asyncio.sleep(interval + bench.seconds(10, 1))
-        for shard in procs:
-            await shard.samples(bench.session)
-        targets0 = bench.targets.cpu()
-        cpu0 = [s.proc.cpu() for s in procs]
-        t0 = time.monotonic()
-        scrapes = await _scrape_every_15s(bench, procs, float(interval))  # Prometheus scrapes each
-        t1 = time.monotonic()
-        cpu1 = [s.proc.cpu() for s in procs]
-        targets1 = bench.targets.cpu()
-        samples = [await s.samples(bench.session, names=True) for s in procs]
-        memory = [s.proc.memory() for s in procs]
+        # Prometheus scrapes each shard
+        during = _scrape_every_15s(bench, procs, float(interval))
+        measured = await _measure(bench, procs, during, names=True)
     finally:
         for shard in procs:
             shard.stop()
-    wall = t1 - t0
+    wall, samples, memory = measured.wall_seconds, measured.samples, measured.memory
     owners: Counter[str] = Counter()
     probes_per_service: Counter[int] = Counter()
     for sample in samples:
@@ -407,7 +401,6 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
     # longer than t0..t1): its rate is its probes over its window.
     per_minute = sum(60 * len(s["durations"]) / s["seconds"] for s in samples)
     gaps = [s["shortest_gap"] for s in samples if s["shortest_gap"] is not None]
-    cpu_total = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
     result = {
         "shards": count,
         "services": total,
@@ -426,10 +419,10 @@ async def shards(bench: Bench, count: int, per_shard: int, interval: int) -> dic
         "probes_per_service_in_window": dict(sorted(probes_per_service.items())),
         "lag_seconds": quantiles(lags),
         "lag_p99_per_shard": [quantiles(s["lags"])["p99"] for s in samples],
-        "render_seconds_max": max(s.seconds for s in scrapes),
-        "cpu_share_per_shard": [(b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)],
-        "cpu_share_total": cpu_total / wall,
-        "targets_cpu_share": {k: (targets1[k] - targets0[k]) / wall for k in targets1},
+        "render_seconds_max": max(s.seconds for s in measured.scrapes),
+        "cpu_share_per_shard": [cpu / wall for cpu in measured.cpu_seconds],
+        "cpu_share_total": sum(measured.cpu_seconds) / wall,
+        "targets_cpu_share": {k: cpu / wall for k, cpu in measured.targets_cpu.items()},
         "rss_per_shard": [m["rss"] for m in memory],
         "rss_peak_per_shard": [m["rss_peak"] for m in memory],
     }
