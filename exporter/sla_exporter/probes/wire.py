@@ -12,7 +12,8 @@ CPU per probe relative to blackbox_exporter's (bench/ at 100 probes/s, runs of 3
 pairs minutes apart on one machine, 2026-11-22): HTTP 0.58 with this module, 0.81 with asyncio's
 transports, 0.75 with uvloop's; SMTP with STARTTLS 0.76, 1.13 and 0.94. (HTTPS: 0.96, 1.0 and
 0.88; its cost is mostly OpenSSL's handshake, see bench/RESULTS.md.) The receiver also sees
-each byte when the loop does, so phases are timed where they happen.
+each byte when the loop does, so phases are timed where they happen. The figures above are on
+asyncio's event loop; the exporter runs on uvloop's by default, which lowers all three (cli.py).
 
 Everything runs on the event loop thread; nothing here blocks.
 """
