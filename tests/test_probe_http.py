@@ -170,6 +170,22 @@ async def test_a_body_regex_must_match_somewhere_in_the_body() -> None:
     assert missing.message.endswith("body does not match /^bad/")
 
 
+async def test_a_body_regex_that_backtracks_without_end_gives_up_after_its_time_limit() -> None:
+    # (a|aa)+c tries every way of splitting the a's before it can say "no c": on 36 of them,
+    # seconds of matching (re: ~5 s here), all of it holding the event loop and every probe.
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="a" * 36)
+
+    async with serve(app_with(web.get("/", handler))) as url:
+        result = await check({"url": f"{url}/", "expect": {"body_regex": "(a|aa)+c"}})
+    assert result.reason == Reason.BODY_MISMATCH
+    assert result.message == (
+        f"GET {url}/: body_regex /(a|aa)+c/ gave up after 100 ms on 36 characters "
+        "(it backtracks too much on this body)"
+    )
+    assert result.status_code == 200
+
+
 async def test_json_fields_are_compared_as_a_subset_including_nested_objects() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(

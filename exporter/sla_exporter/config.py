@@ -17,6 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -186,8 +187,8 @@ URL = Annotated[str, AfterValidator(_url)]
 
 def _regex(value: str) -> str:
     try:
-        re.compile(value)
-    except re.error as err:
+        regex.compile(value)  # the engine the probe matches with (probes/http.py)
+    except regex.error as err:
         raise _custom(
             "regex", f"must be a valid regular expression ({err}), got {_show(value)}"
         ) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import ssl
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
 import aiohttp
+import regex
 from multidict import CIMultiDict
 from pydantic import SecretStr
 from yarl import URL
@@ -351,6 +351,23 @@ def parse_json(response: Response) -> tuple[bool, Any]:
         return False, None
 
 
+REGEX_TIME_LIMIT = 0.1  # seconds a body_regex may take on one body; it holds the event loop
+
+
+def _search(pattern: str, text: str, request: Request, status: int) -> bool:
+    """Whether `pattern` matches somewhere in `text`, within REGEX_TIME_LIMIT."""
+    try:
+        return regex.search(pattern, text, timeout=REGEX_TIME_LIMIT) is not None
+    except TimeoutError:
+        raise ProbeFailed(
+            Reason.BODY_MISMATCH,
+            f"{request.label}: body_regex /{bounded(pattern, _SHOWN_VALUE)}/ gave up after "
+            f"{REGEX_TIME_LIMIT * 1000:.0f} ms on {len(text)} characters (it backtracks too "
+            "much on this body)",
+            status,
+        ) from None
+
+
 def check_body(response: Response, expect: Expect, request: Request) -> None:
     """Fail when the body is too large or misses a substring, regex or JSON fields."""
     label, status = request.label, response.status
@@ -368,7 +385,7 @@ def check_body(response: Response, expect: Expect, request: Request) -> None:
                 f"{label}: body does not contain {_show(expect.body_contains)}",
                 status,
             )
-        if expect.body_regex is not None and not re.search(expect.body_regex, text):
+        if expect.body_regex is not None and not _search(expect.body_regex, text, request, status):
             raise ProbeFailed(
                 Reason.BODY_MISMATCH,
                 f"{label}: body does not match /{bounded(expect.body_regex, _SHOWN_VALUE)}/",
