@@ -1518,7 +1518,8 @@ def support(settings: Settings) -> Json:
             "Last event received",
             "Time since the exporter stored the last new event "
             "(sla_support_last_event_received_timestamp_seconds). A long silence within "
-            "opening hours usually means a broken webhook.",
+            "opening hours usually means a broken webhook; SupportEventsStale opens a ticket "
+            "after 2 hours of it.",
             "s",
             Q(
                 "time() - max by (location) (sla_support_last_event_received_timestamp_seconds)",
