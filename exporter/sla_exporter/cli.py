@@ -25,6 +25,13 @@ from .webconfig import WebConfig
 log = logging.getLogger("sla_exporter")
 
 
+# uvloop (libuv under asyncio's API) runs the probes' callbacks and timers for less CPU than
+# asyncio's own loop: 7-17% less per probe, all of it the loop's (bench/RESULTS.md). asyncio's
+# loop stays the fallback where uvloop is not installed (Windows) and the choice for debugging.
+EVENT_LOOPS = ("uvloop", "asyncio")
+DEFAULT_EVENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sla-exporter",
@@ -85,13 +92,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"sla-exporter {__version__}")
     return parser.parse_args(argv)
-
-
-# uvloop (libuv under asyncio's API) runs the probes' callbacks and timers for less CPU than
-# asyncio's own loop: 7-17% less per probe, all of it the loop's (bench/RESULTS.md). asyncio's
-# loop stays the fallback where uvloop is not installed (Windows) and the choice for debugging.
-EVENT_LOOPS = ("uvloop", "asyncio")
-DEFAULT_EVENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 def run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
