@@ -26,7 +26,7 @@ from sla_exporter.config import Service
 from sla_exporter.exporter import Exporter
 from sla_exporter.probes import ProbeResult
 from sla_exporter.web import make_app
-from sla_exporter.webconfig import WebConfig
+from sla_exporter.webconfig import WebConfigFile
 
 
 class Samples:
@@ -92,7 +92,9 @@ def instrument(exporter: Exporter, app: web.Application) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def make_instrumented_app(exporter: Exporter, web_config: WebConfig | None) -> web.Application:
+    def make_instrumented_app(
+        exporter: Exporter, web_config: WebConfigFile | None
+    ) -> web.Application:
         app = make_app(exporter, web_config)
         instrument(exporter, app)
         return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import pytest
 import trustme
 
@@ -247,3 +249,119 @@ def test_the_web_config_serves_over_tls(tmp_path: Path, ca: trustme.CA) -> None:
     proc.wait_for(lambda: "Ready" in get(f"https://127.0.0.1:{port}/-/ready", context), "TLS")
     assert get(f"http://127.0.0.1:{port}/-/ready") == ""  # no plain HTTP beside it
     assert proc.stop() == 0
+
+
+def fetch(url: str, context: ssl.SSLContext, auth: str | None = None) -> int | str:
+    """The status of a GET (with basic auth `user:password`), or why it failed."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, ConnectionError) as err:
+        return str(getattr(err, "reason", err))
+
+
+def issue(ca: trustme.CA, where: Path) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(where / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(where / "key.pem"))
+
+
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def hashed(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+
+
+def test_a_renewed_certificate_is_served_from_the_next_connection_without_a_restart(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    issue(ca, tmp_path)
+    web_yml = tmp_path / "web.yml"
+    web_yml.write_text("tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n")
+    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    url = f"https://127.0.0.1:{port}/-/ready"
+    old, new = trusting(ca), trusting(renewer := trustme.CA())
+    proc.wait_for(lambda: fetch(url, old) == 200, "TLS with the first certificate")
+
+    issue(renewer, tmp_path)  # cert-manager, certbot: new files, same names
+    assert fetch(url, new) == 200
+    assert "CERTIFICATE_VERIFY_FAILED" in str(fetch(url, old))
+    assert proc.stop() == 0
+    assert "web config" in proc.log.read_text() and "reloaded" in proc.log.read_text()
+
+
+def test_basic_auth_users_changed_in_the_web_config_apply_from_the_next_request(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    issue(ca, tmp_path)
+    tls = "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
+    web_yml = tmp_path / "web.yml"
+    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n")
+    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    url, context = f"https://127.0.0.1:{port}/metrics", trusting(ca)
+    proc.wait_for(lambda: fetch(url, context, "prometheus:first") == 200, "the first password")
+
+    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('second')}'}}\n")
+    assert fetch(url, context, "prometheus:first") == 401  # verified before, refused now
+    assert fetch(url, context, "prometheus:second") == 200
+
+    web_yml.write_text(tls)  # no users: no password asked
+    assert fetch(url, context) == 200
+    assert proc.stop() == 0
+
+
+def test_an_invalid_change_to_the_web_config_is_logged_and_the_last_good_one_kept(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    issue(ca, tmp_path)
+    tls = "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
+    web_yml = tmp_path / "web.yml"
+    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n")
+    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml), "--log.format", "json")
+    url, context = f"https://127.0.0.1:{port}/metrics", trusting(ca)
+    proc.wait_for(lambda: fetch(url, context, "prometheus:first") == 200, "the first password")
+
+    web_yml.write_text(tls + "basic_auth_user: {}\n")  # a typo: an unknown key
+    assert fetch(url, context, "prometheus:first") == 200
+    assert fetch(url, context) == 401
+
+    web_yml.write_text(tls + "tls_server_config: {min_version: TLS13}\n")  # a duplicate key
+    assert fetch(url, context, "prometheus:first") == 200
+    assert proc.stop() == 0
+    errors = [
+        line["msg"]
+        for line in map(json.loads, proc.log.read_text().splitlines())
+        if line["level"] == "error"
+    ]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("web config not reloaded, keeping the last good one:")
+    assert f"{web_yml.name}:2" in errors[0] and 'unknown key "basic_auth_user"' in errors[0]
+    assert f"{web_yml.name}:2" in errors[1]
+
+
+def test_tls_settings_beyond_the_certificate_wait_for_a_restart_and_say_so(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    issue(ca, tmp_path)
+    web_yml = tmp_path / "web.yml"
+    web_yml.write_text("tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n")
+    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    url, context = f"https://127.0.0.1:{port}/-/ready", trusting(ca)
+    proc.wait_for(lambda: fetch(url, context) == 200, "TLS")
+
+    web_yml.write_text(
+        "tls_server_config: {cert_file: cert.pem, key_file: key.pem, min_version: TLS13}\n"
+    )
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert fetch(url, context) == 200  # TLS 1.2 still accepted until the restart
+    assert proc.stop() == 0
+    assert "take effect at the next restart" in proc.log.read_text()

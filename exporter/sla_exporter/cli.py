@@ -19,8 +19,8 @@ from . import __version__, webconfig
 from . import config as config_mod
 from .config import ConfigInvalid
 from .exporter import Exporter, Shard
-from .web import make_app, ssl_context
-from .webconfig import WebConfig
+from .web import make_app
+from .webconfig import WebConfigFile
 
 log = logging.getLogger("sla_exporter")
 
@@ -183,10 +183,10 @@ def check(args: argparse.Namespace) -> int:
 
 async def serve(
     args: argparse.Namespace,
-    app: Callable[[Exporter, WebConfig | None], web.Application] = make_app,
+    app: Callable[[Exporter, WebConfigFile | None], web.Application] = make_app,
 ) -> int:
     host, port = split_address(args.listen)
-    web_config = webconfig.load(args.web_config_file) if args.web_config_file else None
+    web_config = WebConfigFile(args.web_config_file) if args.web_config_file else None
     exporter = Exporter(
         args.config_file,
         storage_path=Path(args.storage_path) if args.storage_path else None,
@@ -198,7 +198,9 @@ async def serve(
     await exporter.start()
     runner = web.AppRunner(app(exporter, web_config), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context(web_config))
+    site = web.TCPSite(
+        runner, host, port, ssl_context=web_config.listening_context() if web_config else None
+    )
     try:
         await site.start()
     except OSError as err:

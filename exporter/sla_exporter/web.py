@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import html
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from . import __version__
 from .exporter import Exporter
 from .support_web import EVENTS_PATH, events_handler
-from .webconfig import WebConfig
+from .webconfig import WebConfig, WebConfigFile
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,12 +39,14 @@ def _credentials(header: str) -> tuple[str, str]:
     return login, password
 
 
-def _basic_auth(users: dict[str, str]) -> Middleware:
-    """Check HTTP basic auth against bcrypt hashes, remembering verified pairs.
+def _basic_auth(current: Callable[[], WebConfig]) -> Middleware:
+    """Check HTTP basic auth against the bcrypt hashes of the web config as it is now (no users:
+    no check), remembering verified pairs.
 
     bcrypt costs tens of milliseconds by design; Prometheus scrapes every 15 s with the same
     credentials, so like the Prometheus exporter-toolkit we cache successful checks (keyed by a
-    hash of the pair, never the password itself).
+    hash of the pair and the stored hash, never the password itself: a changed hash is checked
+    anew).
     """
     verified: set[bytes] = set()
     salt = secrets.token_bytes(16)
@@ -56,10 +57,14 @@ def _basic_auth(users: dict[str, str]) -> Middleware:
             # The helpdesk authenticates with the support token in the same Authorization
             # header, which cannot also carry basic auth; the handler checks that token.
             return await handler(request)
+        users = current().basic_auth_users
+        if not users:
+            return await handler(request)
         login, password = _credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
         if login in users:
-            key = hashlib.sha256(salt + f"{login}\0{password}".encode()).digest()
-            if key in verified or bcrypt.checkpw(password.encode(), users[login].encode()):
+            stored = users[login].get_secret_value()
+            key = hashlib.sha256(salt + f"{login}\0{password}\0{stored}".encode()).digest()
+            if key in verified or bcrypt.checkpw(password.encode(), stored.encode()):
                 verified.add(key)
                 return await handler(request)
         return web.Response(
@@ -71,20 +76,23 @@ def _basic_auth(users: dict[str, str]) -> Middleware:
     return middleware
 
 
-def make_app(exporter: Exporter, web_config: WebConfig | None = None) -> web.Application:
-    """The aiohttp application; there is deliberately no endpoint that probes a given target."""
+def make_app(
+    exporter: Exporter, web_config: WebConfig | WebConfigFile | None = None
+) -> web.Application:
+    """The aiohttp application; there is deliberately no endpoint that probes a given target.
+
+    `web_config` is a fixed configuration, or the file, read again as it changes.
+    """
+    fixed = WebConfig() if web_config is None else web_config
+    current = fixed.current if isinstance(fixed, WebConfigFile) else lambda: fixed
     middlewares: list[Middleware] = []
-    if web_config is not None and web_config.basic_auth_users:
-        users = {
-            name: secret.get_secret_value() for name, secret in web_config.basic_auth_users.items()
-        }
-        middlewares.append(_basic_auth(users))
+    if web_config is not None:
+        middlewares.append(_basic_auth(current))
     app = web.Application(middlewares=middlewares)
     app[EXPORTER_KEY] = exporter
-    headers = dict(web_config.http_server_config.headers) if web_config else {}
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(headers)
+        response.headers.update(current().http_server_config.headers)
 
     app.on_response_prepare.append(on_prepare)
     app.router.add_get("/", landing)
@@ -205,28 +213,3 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.up td:nth-chil
 </table></body></html>
 """
     return web.Response(text=body, content_type="text/html")
-
-
-def ssl_context(web_config: WebConfig | None) -> ssl.SSLContext | None:
-    """The server TLS context described by the web config, or None for plain HTTP."""
-    if web_config is None or web_config.tls_server_config is None:
-        return None
-    tls = web_config.tls_server_config
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    context.minimum_version = {
-        "TLS10": ssl.TLSVersion.TLSv1,
-        "TLS11": ssl.TLSVersion.TLSv1_1,
-        "TLS12": ssl.TLSVersion.TLSv1_2,
-        "TLS13": ssl.TLSVersion.TLSv1_3,
-    }[tls.min_version]
-    if tls.client_ca_file:
-        context.load_verify_locations(tls.client_ca_file)
-    context.verify_mode = {
-        "NoClientCert": ssl.CERT_NONE,
-        "RequestClientCert": ssl.CERT_OPTIONAL,
-        "RequireAnyClientCert": ssl.CERT_REQUIRED,
-        "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-        "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-    }[tls.client_auth_type]
-    return context
