@@ -83,8 +83,8 @@ def make_app(
 
     `web_config` is a fixed configuration, or the file, read again as it changes.
     """
-    fixed = WebConfig() if web_config is None else web_config
-    current = fixed.current if isinstance(fixed, WebConfigFile) else lambda: fixed
+    source = WebConfig() if web_config is None else web_config
+    current = source.current if isinstance(source, WebConfigFile) else lambda: source
     middlewares: list[Middleware] = []
     if web_config is not None:
         middlewares.append(_basic_auth(current))
