@@ -281,13 +281,25 @@ def hashed(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
 
 
+TLS_WEB = "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
+
+
+def launch_tls(
+    tmp_path: Path, ca: trustme.CA, more: str = "", *extra: str
+) -> tuple[Process, Path, int]:
+    """The exporter on TLS with a certificate from `ca`, `more` added to its web config; returns
+    the process, the web config file and the port."""
+    issue(ca, tmp_path)
+    web_yml = tmp_path / "web.yml"
+    web_yml.write_text(TLS_WEB + more)
+    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml), *extra)
+    return proc, web_yml, port
+
+
 def test_a_renewed_certificate_is_served_from_the_next_connection_without_a_restart(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    issue(ca, tmp_path)
-    web_yml = tmp_path / "web.yml"
-    web_yml.write_text("tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n")
-    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    proc, _, port = launch_tls(tmp_path, ca)
     url = f"https://127.0.0.1:{port}/-/ready"
     old, new = trusting(ca), trusting(renewer := trustme.CA())
     proc.wait_for(lambda: fetch(url, old) == 200, "TLS with the first certificate")
@@ -302,19 +314,16 @@ def test_a_renewed_certificate_is_served_from_the_next_connection_without_a_rest
 def test_basic_auth_users_changed_in_the_web_config_apply_from_the_next_request(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    issue(ca, tmp_path)
-    tls = "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
-    web_yml = tmp_path / "web.yml"
-    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n")
-    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    users = f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n"
+    proc, web_yml, port = launch_tls(tmp_path, ca, users)
     url, context = f"https://127.0.0.1:{port}/metrics", trusting(ca)
     proc.wait_for(lambda: fetch(url, context, "prometheus:first") == 200, "the first password")
 
-    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('second')}'}}\n")
+    web_yml.write_text(TLS_WEB + f"basic_auth_users: {{prometheus: '{hashed('second')}'}}\n")
     assert fetch(url, context, "prometheus:first") == 401  # verified before, refused now
     assert fetch(url, context, "prometheus:second") == 200
 
-    web_yml.write_text(tls)  # no users: no password asked
+    web_yml.write_text(TLS_WEB)  # no users: no password asked
     assert fetch(url, context) == 200
     assert proc.stop() == 0
 
@@ -322,19 +331,16 @@ def test_basic_auth_users_changed_in_the_web_config_apply_from_the_next_request(
 def test_an_invalid_change_to_the_web_config_is_logged_and_the_last_good_one_kept(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    issue(ca, tmp_path)
-    tls = "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
-    web_yml = tmp_path / "web.yml"
-    web_yml.write_text(tls + f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n")
-    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml), "--log.format", "json")
+    users = f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n"
+    proc, web_yml, port = launch_tls(tmp_path, ca, users, "--log.format", "json")
     url, context = f"https://127.0.0.1:{port}/metrics", trusting(ca)
     proc.wait_for(lambda: fetch(url, context, "prometheus:first") == 200, "the first password")
 
-    web_yml.write_text(tls + "basic_auth_user: {}\n")  # a typo: an unknown key
+    web_yml.write_text(TLS_WEB + "basic_auth_user: {}\n")  # a typo: an unknown key
     assert fetch(url, context, "prometheus:first") == 200
     assert fetch(url, context) == 401
 
-    web_yml.write_text(tls + "tls_server_config: {min_version: TLS13}\n")  # a duplicate key
+    web_yml.write_text(TLS_WEB + "tls_server_config: {min_version: TLS13}\n")  # a duplicate key
     assert fetch(url, context, "prometheus:first") == 200
     assert proc.stop() == 0
     errors = [
@@ -351,10 +357,7 @@ def test_an_invalid_change_to_the_web_config_is_logged_and_the_last_good_one_kep
 def test_tls_settings_beyond_the_certificate_wait_for_a_restart_and_say_so(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    issue(ca, tmp_path)
-    web_yml = tmp_path / "web.yml"
-    web_yml.write_text("tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n")
-    proc, _, port = launch(tmp_path, "--web.config.file", str(web_yml))
+    proc, web_yml, port = launch_tls(tmp_path, ca)
     url, context = f"https://127.0.0.1:{port}/-/ready", trusting(ca)
     proc.wait_for(lambda: fetch(url, context) == 200, "TLS")
 
