@@ -328,6 +328,29 @@ def test_basic_auth_users_changed_in_the_web_config_apply_from_the_next_request(
     assert proc.stop() == 0
 
 
+def test_web_config_headers_are_on_every_response_and_a_change_applies_to_the_next(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    def header(url: str, context: ssl.SSLContext) -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+                return str(resp.headers.get("X-Frame-Options"))
+        except urllib.error.HTTPError as err:  # the 401 carries them too
+            return str(err.headers.get("X-Frame-Options"))
+        except (urllib.error.URLError, ConnectionError):  # not listening yet
+            return None
+
+    users = f"basic_auth_users: {{prometheus: '{hashed('first')}'}}\n"
+    headers = "http_server_config: {headers: {X-Frame-Options: %s}}\n"
+    proc, web_yml, port = launch_tls(tmp_path, ca, users + headers % "deny")
+    url, context = f"https://127.0.0.1:{port}/metrics", trusting(ca)
+    proc.wait_for(lambda: header(url, context) == "deny", "the configured header")
+
+    web_yml.write_text(TLS_WEB + users + headers % "sameorigin")
+    assert header(url, context) == "sameorigin"
+    assert proc.stop() == 0
+
+
 def test_an_invalid_change_to_the_web_config_is_logged_and_the_last_good_one_kept(
     tmp_path: Path, ca: trustme.CA
 ) -> None:

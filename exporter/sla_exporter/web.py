@@ -39,9 +39,13 @@ def _credentials(header: str) -> tuple[str, str]:
     return login, password
 
 
-def _basic_auth(current: Callable[[], WebConfig]) -> Middleware:
-    """Check HTTP basic auth against the bcrypt hashes of the web config as it is now (no users:
-    no check), remembering verified pairs.
+_WEB_CONFIG = web.RequestKey("web_config", WebConfig)  # the request's, for its response headers
+
+
+def _web_config(current: Callable[[], WebConfig]) -> Middleware:
+    """Take the web config as it is now, once per request (reading the file is the work of
+    `current`), and check HTTP basic auth against its bcrypt hashes (no users: no check),
+    remembering verified pairs.
 
     bcrypt costs tens of milliseconds by design; Prometheus scrapes every 15 s with the same
     credentials, so like the Prometheus exporter-toolkit we cache successful checks (keyed by a
@@ -53,12 +57,11 @@ def _basic_auth(current: Callable[[], WebConfig]) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == EVENTS_PATH:
+        config = request[_WEB_CONFIG] = current()
+        users = config.basic_auth_users
+        if request.path == EVENTS_PATH or not users:
             # The helpdesk authenticates with the support token in the same Authorization
             # header, which cannot also carry basic auth; the handler checks that token.
-            return await handler(request)
-        users = current().basic_auth_users
-        if not users:
             return await handler(request)
         login, password = _credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
         if login in users:
@@ -83,16 +86,19 @@ def make_app(
 
     `web_config` is a fixed configuration, or the file, read again as it changes.
     """
-    source = WebConfig() if web_config is None else web_config
-    current = source.current if isinstance(source, WebConfigFile) else lambda: source
     middlewares: list[Middleware] = []
-    if web_config is not None:
-        middlewares.append(_basic_auth(current))
+    if isinstance(web_config, WebConfigFile):
+        middlewares.append(_web_config(web_config.current))
+    elif web_config is not None:
+        fixed = web_config
+        middlewares.append(_web_config(lambda: fixed))
     app = web.Application(middlewares=middlewares)
     app[EXPORTER_KEY] = exporter
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(current().http_server_config.headers)
+        config: WebConfig | None = request.get(_WEB_CONFIG)
+        if config is not None:
+            response.headers.update(config.http_server_config.headers)
 
     app.on_response_prepare.append(on_prepare)
     app.router.add_get("/", landing)
