@@ -37,6 +37,13 @@ class Reason(enum.StrEnum):
     GATEWAY_ERROR = "gateway_error"  # the SMS gateway reported an error in its payload
     RATE_LIMITED = "rate_limited"  # HTTP 429: the probe was throttled, the service is not healthy
     INTERNAL = "internal"  # a bug in the exporter; logged with its traceback
+    # The exporter itself could not run the probe (out of file descriptors or memory, say): the
+    # service is not to blame, so the month accounting leaves the slot unknown, not down.
+    EXPORTER = "exporter"
+
+
+# Failures of the exporter, not of the service: the month accounting does not count them as down.
+EXPORTER_FAULTS = frozenset({Reason.INTERNAL, Reason.EXPORTER})
 
 
 @dataclass(frozen=True, slots=True)
