@@ -77,11 +77,13 @@ def instrument(exporter: Exporter, app: web.Application) -> None:
         samples.started(name)
         on_lag(name, seconds)
 
-    def result(name: str, service: Service, result: ProbeResult, maintenance: bool) -> None:
+    def result(
+        name: str, service: Service, result: ProbeResult, maintenance: bool, start: float
+    ) -> None:
         samples.durations.append(result.duration)
         samples.failures += not result.success
         samples.probed[name] += 1
-        on_result(name, service, result, maintenance)
+        on_result(name, service, result, maintenance, start)
 
     scheduler.on_lag, scheduler.on_result = lag, result
 

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 from sla_exporter.config import Config, Service, parse
 from sla_exporter.probes import ProbeResult, Reason
 from sla_exporter.scheduler import Scheduler
-from tests.fakes import FakeClock
+from sla_exporter.ledger import ms, slot
+from tests.fakes import WALL_OFFSET, FakeClock
 
 
 def make_config(services: dict[str, str], timeout: str = "2s") -> Config:
@@ -54,7 +55,7 @@ class Recorder:
 def scheduler_for(clock: FakeClock, probe: Recorder, **kwargs: object) -> tuple[Scheduler, list]:
     results: list[tuple[str, ProbeResult, bool]] = []
     scheduler = Scheduler(
-        lambda name, service, result, maint: results.append((name, result, maint)),
+        lambda name, service, result, maint, start: results.append((name, result, maint)),
         probe=probe,
         clock=clock,
         rng=random.Random(1),
@@ -70,10 +71,13 @@ async def test_runs_stay_on_a_fixed_rate_however_long_each_probe_takes() -> None
     scheduler.apply(make_config({"api": "1m"}, timeout="30s"))
     await clock.advance(600)
     starts = probe.starts["api"]
-    first = starts[0]
+    first, grid = starts[0], starts[1]
     assert 0 <= first < 5  # jittered first run within max_start_jitter
-    assert starts == [first + 60 * k for k in range(len(starts))]
-    assert len(starts) == 10
+    # Every later run starts its slot of the service's grid on the wall clock, 60 s apart.
+    assert ms(grid + WALL_OFFSET) == slot("api", 60_000, ms(grid + WALL_OFFSET))
+    assert starts[1:] == [grid + 60 * k for k in range(len(starts) - 1)]
+    assert first < grid < first + 60
+    assert len(starts) in (10, 11)
     await scheduler.stop()
 
 
@@ -93,19 +97,20 @@ async def test_the_first_run_comes_within_the_start_jitter_and_jitter_spreads_se
 async def test_the_global_concurrency_cap_holds_and_waiting_counts_as_lag() -> None:
     clock = FakeClock()
     probe = Recorder(clock, busy=10.0)
-    lags: list[float] = []
+    lags: dict[str, float] = {}
     scheduler, results = scheduler_for(
         clock,
         probe,
         max_concurrency=2,
         max_start_jitter=0.001,
-        on_lag=lambda n, lag: lags.append(lag),
+        on_lag=lambda n, lag: lags.setdefault(n, lag),
     )
-    scheduler.apply(make_config({f"s{i}": "1m" for i in range(5)}, timeout="30s"))
-    await clock.advance(59)
+    # An hour: the slots of these five names do not end within the half minute watched.
+    scheduler.apply(make_config({f"s{i}": "1h" for i in range(5)}, timeout="30s"))
+    await clock.advance(30)
     assert probe.max_running == 2
-    assert len(results) == 5  # 3 waves of 10 s each fit in the minute
-    assert sorted(round(lag) for lag in lags) == [0, 0, 10, 10, 20]
+    # The first runs: 3 waves of 10 s each, two at a time.
+    assert sorted(round(lag) for lag in lags.values()) == [0, 0, 10, 10, 20]
     await scheduler.stop()
 
 
@@ -146,7 +151,7 @@ async def test_reload_keeps_unchanged_services_on_their_schedule_and_restarts_ch
     await clock.advance(120)
     keep = probe.starts["keep"]
     assert keep[: len(keep_before)] == keep_before
-    assert keep == [keep[0] + 60 * k for k in range(len(keep))]  # no restart, no phase shift
+    assert keep[1:] == [keep[1] + 60 * k for k in range(len(keep) - 1)]  # no phase shift
     assert len(probe.starts["drop"]) == drop_runs  # removed: never probed again
     assert len(probe.starts["new"]) >= 2
     change = [t for t in probe.starts["change"] if t > 130]
@@ -206,7 +211,7 @@ async def test_two_hundred_services_keep_their_schedule_beside_one_hung_target()
     lags: list[float] = []
     missed: dict[str, int] = {}
     scheduler = Scheduler(
-        lambda name, service, result, maint: results[name].append(result),
+        lambda name, service, result, maint, start: results[name].append(result),
         max_start_jitter=0.5,
         on_lag=lambda name, lag: lags.append(lag),
         on_missed=lambda name, runs: missed.__setitem__(name, missed.get(name, 0) + runs),
@@ -251,14 +256,18 @@ async def test_thousands_of_services_spread_over_their_whole_interval_every_inte
     probe = Recorder(clock)
     scheduler, _ = scheduler_for(clock, probe, max_start_jitter=5.0)
     # 1500 services would start at 300 a second within the 5 s start-up window; past START_RATE
-    # (50 a second) the first runs spread over the interval instead, and since every later run
-    # keeps its first run's place, so does the load of every later interval.
+    # (50 a second) the first runs spread over the interval instead. Later runs start their
+    # slots, whose phases are hashed from the names (as Prometheus spreads scrapes): every
+    # service once an interval, and every second of the interval about as busy as the next.
     scheduler.apply(make_config({f"s{i}": "30s" for i in range(1500)}, timeout="10s"))
     await clock.advance(60)
-    per_second = Counter(int(start) for starts in probe.starts.values() for start in starts)
-    assert sum(per_second.values()) == 3000  # each service once in each of the two intervals
-    assert set(per_second) == set(range(60))
-    assert all(49 <= count <= 51 for count in per_second.values()), per_second
+    firsts = Counter(int(starts[0]) for starts in probe.starts.values())
+    assert set(firsts) == set(range(30))
+    assert all(49 <= count <= 51 for count in firsts.values()), firsts
+    later = Counter(int(t) for starts in probe.starts.values() for t in starts if t >= 30)
+    assert sum(later.values()) == 1500  # each service exactly once in the second interval
+    assert set(later) == set(range(30, 60))
+    assert all(25 <= count <= 100 for count in later.values()), later  # mean 50, hashed
     await scheduler.stop()
 
 

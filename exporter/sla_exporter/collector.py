@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .config import Config
-from .ledger import Ledger, month_bounds, month_key
+from .ledger import STATES, Ledger, ms, slot
 from .store import ServiceState, Store
 
 # Label for the service name: `service`, `instance`, `job` and `env` are taken by target labels.
@@ -167,41 +167,30 @@ FAMILIES = (
         GAUGE,
         "Unix time the first probe of the current run of failures started.",
     ),
-    MONTH_PROBES := Family(
-        "sla_month_probes",
+    MONTH_SECONDS := Family(
+        "sla_month_seconds",
         GAUGE,
-        "Probes this calendar month outside maintenance.",
+        "Time of the calendar month so far in each state: up, down, unknown (no result, counted "
+        "as down), excluded (no result, left out), maintenance, unmonitored (before the first "
+        "slot).",
+        ("month", SERVICE, "state"),
+    ),
+    MONTH_BUDGET := Family(
+        "sla_month_error_budget_seconds",
+        GAUGE,
+        "Down and unknown time the whole calendar month allows under its objective.",
         ("month", SERVICE),
     ),
-    MONTH_FAILURES := Family(
-        "sla_month_probe_failures",
+    MONTH_OBJECTIVE := Family(
+        "sla_month_objective_ratio",
         GAUGE,
-        "Failed probes this calendar month outside maintenance.",
-        ("month", SERVICE),
-    ),
-    MONTH_MAINT := Family(
-        "sla_month_maintenance_probes",
-        GAUGE,
-        "Probes this calendar month during maintenance.",
-        ("month", SERVICE),
-    ),
-    MONTH_SLOTS := Family(
-        "sla_month_slots",
-        GAUGE,
-        "Probe slots in the calendar month at the service's interval, counted from the "
-        "first probe if monitoring began during the month.",
-        ("month", SERVICE),
-    ),
-    MONTH_ELAPSED := Family(
-        "sla_month_elapsed_slots",
-        GAUGE,
-        "Probe slots of the calendar month elapsed so far.",
+        "The calendar month's objective: the objectives in force during it, weighted by time.",
         ("month", SERVICE),
     ),
     MONTH_SLOT := Family(
         "sla_month_slot_seconds",
         GAUGE,
-        "Length of one probe slot of the calendar month: the interval it is probed at.",
+        "Length of one probe slot: the interval the month is probed at (at its end, once over).",
         ("month", SERVICE),
     ),
     MONTH_START := Family(
@@ -301,7 +290,7 @@ class ServiceCollector(Collector):
         add[_INDEX[SLA_INFO]](f"sla_info{{{sla}}} 1.0\n")
         unknown = 1.0 if config.sla.unknown == "down" else 0.0
         add[_INDEX[UNKNOWN]](f"sla_unknown_as_down {unknown}\n")
-        months = _Months(ledger, now, add) if ledger is not None else None
+        months = _Months(ledger, config, now, add) if ledger is not None else None
 
         # Each family's lines are "name{labels} value"; counters' samples end in _total.
         (
@@ -408,38 +397,53 @@ def _sample_name(family: Family) -> str:
 class _Months:
     """The month families of each service, from the ledger as it is now."""
 
-    def __init__(self, ledger: Ledger, now: float, add: list[Callable[[str], None]]) -> None:
+    def __init__(
+        self, ledger: Ledger, config: Config, now: float, add: list[Callable[[str], None]]
+    ) -> None:
         self.ledger = ledger
+        self.config = config
         self.now = now
-        self.current = month_key(now, ledger.zone)
-        self.bounds: dict[str, tuple[float, float]] = {}  # of each month seen, in that order
-        (self.probes, self.failures, self.maintenance, self.slots, self.elapsed, self.slot) = add[
-            _INDEX[MONTH_PROBES] : _INDEX[MONTH_SLOT] + 1
+        self.current = ledger.key(ledger.now(now))
+        self.bounds: dict[str, tuple[int, int]] = {}  # of each month seen, in that order
+        self.windows: dict[str, list[tuple[float, float]]] = {}
+        for window in config.maintenance:
+            for name in window.services:
+                span = (window.start.timestamp(), window.end.timestamp())
+                self.windows.setdefault(name, []).append(span)
+        self.seconds, self.budget, self.objective, self.slot = add[
+            _INDEX[MONTH_SECONDS] : _INDEX[MONTH_SLOT] + 1
         ]
         self.starts, self.ends = add[_INDEX[MONTH_START]], add[_INDEX[MONTH_END]]
 
     def add(self, state: ServiceState) -> None:
-        now, label = self.now, state.label
-        for key, tally in self.ledger.months(state.name, now, self.current):
-            bounds = self.bounds.get(key)
-            if bounds is None:
-                bounds = self.bounds[key] = month_bounds(key, self.ledger.zone)
-            start, end = bounds
-            # A finished month keeps the interval it was probed at; this one uses today's.
-            step = state.service.interval if key == self.current else tally.interval
-            since = start if tally.since is None else max(start, tally.since)
-            labels = f'month="{key}",{label}'
-            self.probes(f"sla_month_probes{{{labels}}} {number(tally.probes)}\n")
-            self.failures(f"sla_month_probe_failures{{{labels}}} {number(tally.failures)}\n")
-            self.maintenance(
-                f"sla_month_maintenance_probes{{{labels}}} {number(tally.maintenance_probes)}\n"
+        ledger, now, label, name = self.ledger, self.now, state.label, state.name
+        interval = state.service.interval
+        pending = slot(name, ms(interval), ms(now)) / 1000
+        for key in ledger.months(name, now):
+            if key not in self.bounds:
+                self.bounds[key] = ledger.bounds(key)
+            figures = ledger.figures(
+                name,
+                key,
+                now,
+                pending_from=pending,
+                future_maintenance=self.windows.get(name, ()),
+                objective=state.objective,
+                unknown=self.config.sla.unknown,
             )
-            self.slots(f"sla_month_slots{{{labels}}} {number((end - since) // step)}\n")
-            elapsed = max(0.0, min(now, end) - since) // step
-            self.elapsed(f"sla_month_elapsed_slots{{{labels}}} {number(elapsed)}\n")
-            self.slot(f"sla_month_slot_seconds{{{labels}}} {number(step)}\n")
+            labels = f'month="{key}",{label}'
+            for kind in STATES:
+                value = number(figures.seconds[kind] / 1000)
+                self.seconds(f'sla_month_seconds{{{labels},state="{kind}"}} {value}\n')
+            self.budget(
+                f"sla_month_error_budget_seconds{{{labels}}} {number(figures.budget / 1000)}\n"
+            )
+            self.objective(f"sla_month_objective_ratio{{{labels}}} {number(figures.objective)}\n")
+            self.slot(f"sla_month_slot_seconds{{{labels}}} {number(interval)}\n")
 
     def bounds_families(self) -> None:
         for key, (start, end) in self.bounds.items():
-            self.starts(f'sla_month_start_timestamp_seconds{{month="{key}"}} {number(start)}\n')
-            self.ends(f'sla_month_end_timestamp_seconds{{month="{key}"}} {number(end)}\n')
+            self.starts(
+                f'sla_month_start_timestamp_seconds{{month="{key}"}} {number(start / 1000)}\n'
+            )
+            self.ends(f'sla_month_end_timestamp_seconds{{month="{key}"}} {number(end / 1000)}\n')

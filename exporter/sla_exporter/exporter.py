@@ -10,16 +10,19 @@ import logging
 import pickle
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import config as config_mod
 from .collector import Health, ServiceCollector
 from .config import Config, ConfigError, ConfigInvalid, Service
 from .ledger import Ledger
 from .probes import ProbeResult
+from .probes.base import EXPORTER_FAULTS
 from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
 from .store import Store
 from .support import SupportDesk, SupportUnavailable
@@ -27,7 +30,8 @@ from .support_collector import SupportCollector
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 10.0  # seconds of month tallies a crash may lose (those slots become unknown)
+FLUSH_INTERVAL = 10.0  # seconds of month accounting a crash may lose (that time becomes unknown)
+CRASH_NOT_READY = 600.0  # seconds /-/ready reports a service whose probe task failed unexpectedly
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,30 @@ class Exporter:
         self.config: Config | None = None
         self.ledger: Ledger | None = None
         self.last_reload_error = ""
+        self.ledger_error = ""  # why the ledger could not be written last time, if it could not
+        self.crashes: dict[str, float] = {}  # service -> when its probe task last failed
+        self._windows: dict[str, list[tuple[float, float]]] = {}  # declared maintenance
+        self.ledger_ok = Gauge(
+            "sla_exporter_ledger_last_write_successful",
+            "Whether the last write of the month ledger to --storage.path succeeded (1) or not.",
+            registry=self.registry,
+        )
+        self.ledger_failures = Counter(
+            "sla_exporter_ledger_write_failures",
+            "Writes of the month ledger to --storage.path that failed.",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "sla_exporter_ledger_refused_results",
+            "Probe results the month ledger refused because the clock had gone back.",
+            registry=self.registry,
+        )
+        self.task_crashes = Counter(
+            "sla_exporter_probe_task_crashes",
+            "Unexpected errors in a service's probe task (it resumes at its next slot).",
+            ["sla_service"],
+            registry=self.registry,
+        )
         self.scheduler = Scheduler(
             self._on_result,
             probe=probe,
@@ -153,6 +181,8 @@ class Exporter:
             on_lag=lambda name, lag: self.health.lag.observe(lag),
             on_missed=self.store.missed,
             in_flight=self.health.in_flight.set,
+            covered=self._covered,
+            on_crash=self._on_crash,
         )
         # Not in the registry: /metrics writes the services' series itself, pausing for the
         # event loop as it goes (web.py); the registry holds what is small.
@@ -165,12 +195,19 @@ class Exporter:
         self._flusher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        """Load the config (raising ConfigInvalid if it is bad) and start probing."""
+    async def start(self, ledger: Ledger | None = None) -> None:
+        """Load the config (raising ConfigInvalid if it is bad) and start probing.
+
+        The month ledger is read from --storage.path (LedgerInvalid, a RuntimeError, if it
+        cannot be used), or is `ledger` when the caller prepared one (a recovery)."""
         config = await self._load()
         await self.support.apply(config)  # SupportUnavailable (a RuntimeError) is fatal here
-        self.ledger = Ledger(self.storage_path, config.sla.timezone)
+        self.ledger = ledger or Ledger(self.storage_path, config.sla.timezone)
         self._apply(config)
+        # Written at once: an unwritable folder shows now, in a metric and in /-/ready, not at
+        # the first flush or at shutdown.
+        self.ledger.mark_dirty()
+        await self._write_ledger()
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flush")
 
     async def stop(self) -> None:
@@ -181,7 +218,51 @@ class Exporter:
         await self.scheduler.stop()
         await self.support.close()
         if self.ledger is not None:
-            self.ledger.flush()
+            self._advance()
+            self._save_at_exit(self.ledger)
+
+    def _save_at_exit(self, ledger: Ledger) -> None:
+        """Write the ledger one last time; if its file cannot be written, write it elsewhere and
+        say where, so that what is in memory is never thrown away without a word."""
+        content = ledger.snapshot()
+        if content is None:
+            return
+        try:
+            ledger.write(content)
+            return
+        except OSError as err:
+            log.error("cannot write the month ledger to %s: %s", ledger.path, err)
+        fallback = Path(tempfile.gettempdir()) / f"sla-ledger-{int(time.time())}.json"
+        try:
+            ledger.write(content, fallback)
+            log.error(
+                "the month ledger was saved to %s instead; move it to %s before the next start",
+                fallback,
+                ledger.path,
+            )
+        except OSError as err:
+            log.error(
+                "cannot save the month ledger anywhere (%s); its content follows:\n%s",
+                err,
+                content.decode(),
+            )
+
+    def readiness(self) -> list[str]:
+        """Why the exporter is not ready, if it is not: one line per problem."""
+        problems = []
+        if self.config is None:
+            problems.append("no configuration loaded")
+        if self.ledger_error:
+            problems.append(f"the month ledger cannot be written: {self.ledger_error}")
+        now = self.clock.time()
+        crashed = sorted(
+            name for name, when in self.crashes.items() if now - when < CRASH_NOT_READY
+        )
+        if crashed:
+            problems.append(
+                "probe task failed unexpectedly (see the log) for: " + ", ".join(crashed)
+            )
+        return problems
 
     async def reload(self) -> ConfigInvalid | None:
         """Re-read the config file; on error keep running the last good one and return the error."""
@@ -198,6 +279,7 @@ class Exporter:
                 self.last_reload_error = str(err)
                 log.error("config reload failed, keeping the running config:\n%s", err)
                 return err
+            self._advance()  # the time up to now keeps the settings it ran under
             self._apply(config)
             log.info(
                 "config reloaded from %s (%d services)", self.config_path, len(config.services)
@@ -222,8 +304,14 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.store.configure(config)
+        self._windows = {}
+        for window in config.maintenance:
+            for name in window.services:
+                span = (window.start.timestamp(), window.end.timestamp())
+                self._windows.setdefault(name, []).append(span)
         if self.ledger is not None:
             self.ledger.set_timezone(config.sla.timezone)
+            self._advance()  # the new settings take effect from now
         self.scheduler.apply(config)
         if self.freeze_gc:
             # The config, its services and their tasks live until the next reload: taken out of
@@ -238,11 +326,45 @@ class Exporter:
         self.health.reload_time.set(self.clock.time())
         self.last_reload_error = ""
 
-    def _on_result(self, name: str, service: Service, result: ProbeResult, maint: bool) -> None:
+    def windows(self, name: str) -> list[tuple[float, float]]:
+        """The declared maintenance windows of service `name` (unix times)."""
+        return self._windows.get(name, [])
+
+    def _advance(self) -> None:
+        """Record in the ledger the settings and declared maintenance in force up to now."""
+        config, ledger = self.config, self.ledger
+        if config is None or ledger is None:
+            return
+        now = self.clock.time()
+        for name in config.services:
+            ledger.advance(
+                now, name, config.objective(name), config.sla.unknown, self.windows(name)
+            )
+
+    def _covered(self, name: str, start: float, end: float) -> bool:
+        return self.ledger is not None and self.ledger.covered(name, start, end)
+
+    def _on_crash(self, name: str, err: BaseException) -> None:
+        self.crashes[name] = self.clock.time()
+        self.task_crashes.labels(name).inc()
+
+    def _on_result(
+        self, name: str, service: Service, result: ProbeResult, maint: bool, start: float
+    ) -> None:
         previous = self.store.services[name].last if name in self.store.services else None
         self.store.record(name, result, maint)
         if self.ledger is not None:
-            self.ledger.record(name, result.timestamp, result.success, maint, service.interval)
+            refused = self.ledger.clock_steps_back
+            self.ledger.record(
+                name,
+                start,
+                service.interval,
+                result.success,
+                None if result.reason is None else result.reason.value,
+                known=result.reason not in EXPORTER_FAULTS,
+            )
+            if self.ledger.clock_steps_back != refused:
+                self.refused.inc()
         if previous is None or previous.success != result.success:
             level = logging.INFO if result.success else logging.WARNING
             log.log(
@@ -257,18 +379,35 @@ class Exporter:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            if self.ledger is not None:
-                self.ledger.prune()
-                dumping = self.ledger.dumping()
-                try:
-                    while True:
-                        next(dumping)
-                        await asyncio.sleep(0)  # probes due meanwhile start on time
-                except StopIteration as done:
-                    content: bytes | None = done.value
-                if content is None:
-                    continue
-                try:
-                    await asyncio.to_thread(self.ledger.write, content)
-                except OSError as err:
-                    log.error("cannot write month tallies: %s", err)
+            self._advance()
+            await self._write_ledger()
+
+    async def _write_ledger(self) -> None:
+        """Write the ledger if it changed, in a thread, keeping the event loop free meanwhile."""
+        ledger = self.ledger
+        if ledger is None or ledger.path is None:
+            self.ledger_ok.set(1)
+            return
+        ledger.prune()
+        dumping = ledger.dumping()
+        try:
+            while True:
+                next(dumping)
+                await asyncio.sleep(0)  # probes due meanwhile start on time
+        except StopIteration as done:
+            content: bytes | None = done.value
+        if content is None:
+            return
+        try:
+            await asyncio.to_thread(ledger.write, content)
+        except OSError as err:
+            if not self.ledger_error:
+                log.error("cannot write the month ledger to %s: %s", ledger.path, err)
+            self.ledger_error = str(err)
+            self.ledger_ok.set(0)
+            self.ledger_failures.inc()
+        else:
+            if self.ledger_error:
+                log.info("the month ledger is written to %s again", ledger.path)
+            self.ledger_error = ""
+            self.ledger_ok.set(1)

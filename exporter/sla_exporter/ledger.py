@@ -1,40 +1,59 @@
-"""Calendar-month tallies in the SLA's time zone, kept on disk so they survive restarts.
+"""The month accounting: every millisecond of a calendar month is exactly one state.
 
-Prometheus has no calendar ranges (a PromQL range is a fixed duration), so the exporter counts
-each service's probes per calendar month itself, in the SLA's IANA zone, and exposes the running
-tallies as gauges labelled with the month. Finished months stay exposed with their final figures
-for `keep_months` months, which makes them queryable beyond Prometheus' retention as well.
+An SLA promises availability per calendar month in its own time zone, and Prometheus has no
+calendar ranges. So the exporter keeps each service's month itself, as time rather than as probe
+counts: a probe result stands for its slot, the span of the service's schedule grid it was run
+for (`slot()`: the same grid in every location and across restarts), and every moment of the
+month is one of
+
+    up, down      covered by the slot of a successful or failed probe
+    maintenance   inside a declared maintenance window (from the SLA file, not from probes)
+    unknown       no result covers it and the unknown policy in force then counts it as down
+    excluded      no result covers it and the unknown policy in force then leaves it out
+    unmonitored   before the service's first slot: nobody had promised to watch it yet
+
+Interval changes, restarts, double probes and gaps need no special case: the first result for a
+moment wins, and a moment no result covers is unknown. The objective and the unknown policy are
+recorded as they come into force (`Term`), so a finished month keeps the terms it ran under.
+Times are whole milliseconds (durations in the SLA file are whole milliseconds too), so sums are
+exact. docs/RULES.md has the worked examples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Generator
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-
-
-@dataclass
-class Tally:
-    """One service's counts for one calendar month."""
-
-    probes: int = 0  # outside maintenance: the SLA's denominator
-    failures: int = 0  # outside maintenance: the SLA's numerator
-    maintenance_probes: int = 0
-    interval: float = 60.0  # the service's interval when it last probed in this month
-    # When monitoring of the service began, if it began during this month (its first probe
-    # ever); None for a month that was monitored from its start. Slots before it are not
-    # "unknown": nobody had promised to watch them yet.
-    since: float | None = None
+FORMAT_VERSION = 2
+STATES = ("up", "down", "unknown", "excluded", "maintenance", "unmonitored")
+Policy = Literal["down", "excluded"]
+State = Literal["up", "down", "unknown", "excluded", "maintenance", "unmonitored"]
 
 
 def month_key(timestamp: float, zone: ZoneInfo) -> str:
@@ -50,96 +69,354 @@ def month_bounds(key: str, zone: ZoneInfo) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
+def next_month(key: str) -> str:
+    year, month = (int(part) for part in key.split("-"))
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds."""
+    return round(seconds * 1000)
+
+
+def phase(service: str, interval: int) -> int:
+    """Where in each interval (ms) the slots of `service` begin: a hash of its name.
+
+    The same in every location and after every restart, so each location probes the same slots
+    and a restarted exporter resumes the grid it left; spread over the interval like
+    Prometheus' scrape offsets, so that services do not all start together.
+    """
+    digest = hashlib.md5(service.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big") % interval
+
+
+def slot(service: str, interval: int, at: int) -> int:
+    """Start (ms) of the slot of `service` at `interval` (ms) that contains `at` (ms)."""
+    return at - (at - phase(service, interval)) % interval
+
+
+# --------------------------------------------------------------------------------------------
+# Spans: sorted, disjoint [start, end) lists
+
+
+def _clip(spans: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(max(a, lo), min(b, hi)) for a, b in spans if a < hi and b > lo]
+
+
+def _union(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _length(spans: Iterable[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in spans)
+
+
+def _minus(spans: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` without `holes` (both sorted and disjoint)."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for a, b in spans:
+        while j < len(holes) and holes[j][1] <= a:
+            j += 1
+        k = j
+        while a < b and k < len(holes) and holes[k][0] < b:
+            if holes[k][0] > a:
+                out.append((a, holes[k][0]))
+            a = max(a, holes[k][1])
+            k += 1
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One service's month
+
+
+@dataclass
+class Run:
+    """Consecutive time covered by results of one state: up, or down with the reasons seen."""
+
+    start: int
+    end: int
+    up: bool
+    reasons: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Term:
+    """The objective and unknown policy in force from `start` (ms) on."""
+
+    start: int
+    objective: float
+    unknown: Policy
+
+
+@dataclass
+class Month:
+    """One service's calendar month: what results covered, maintenance, terms, recovered part."""
+
+    runs: list[Run] = field(default_factory=list)
+    maintenance: list[tuple[int, int]] = field(default_factory=list)  # declared, committed
+    terms: list[Term] = field(default_factory=list)
+    # Totals recovered from Prometheus for [month start, carried_until), where no runs survive.
+    carried: dict[str, int] = field(default_factory=dict)
+    carried_until: int = 0
+    version: int = 0  # bumped on every change, for the cache of finished months' figures
+
+    def fill(self, start: int, end: int, up: bool, reason: str | None) -> int:
+        """Cover the part of [start, end) no result covers yet; return the milliseconds added."""
+        runs = self.runs
+        start = max(start, self.carried_until)
+        if start >= end:
+            return 0
+        if not runs or runs[-1].end <= start:  # the usual case: the newest slot, at the end
+            self._put(len(runs), start, end, up, reason)
+            return end - start
+        added = 0
+        i = bisect_right([r.start for r in runs], start) - 1
+        cursor = start
+        if i >= 0 and runs[i].end > cursor:
+            cursor = runs[i].end
+        i += 1
+        while cursor < end:
+            limit = runs[i].start if i < len(runs) else end
+            if limit > cursor:
+                gap_end = min(limit, end)
+                i = self._put(i, cursor, gap_end, up, reason)
+                added += gap_end - cursor
+            if i >= len(runs):
+                break
+            cursor = max(cursor, runs[i].end)
+            i += 1
+        return added
+
+    def _put(self, i: int, start: int, end: int, up: bool, reason: str | None) -> int:
+        """Insert [start, end) before runs[i], merging with equal neighbours; return the index
+        just past the run that now holds it."""
+        runs = self.runs
+        self.version += 1
+        reasons = {reason} if reason else set()
+        if i > 0 and runs[i - 1].end == start and runs[i - 1].up == up:
+            run = runs[i - 1]
+            run.end = end
+            run.reasons |= reasons
+            if i < len(runs) and runs[i].start == end and runs[i].up == up:
+                run.end = runs[i].end
+                run.reasons |= runs[i].reasons
+                del runs[i]
+            return i
+        if i < len(runs) and runs[i].start == end and runs[i].up == up:
+            runs[i].start = start
+            runs[i].reasons |= reasons
+            return i + 1
+        runs.insert(i, Run(start, end, up, reasons))
+        return i + 1
+
+    def term_at(self, at: int) -> Term | None:
+        found = None
+        for term in self.terms:
+            if term.start <= at:
+                found = term
+        return found
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A service's month as the SLA counts it, in milliseconds, at some moment."""
+
+    seconds: dict[str, int]  # STATES -> ms (unknown/excluded by the policy in force then)
+    budget: int  # ms of failure the whole month allows: floor(sum (1 - objective) x counted)
+    objective: float  # the month's objective, weighted by the time each one was in force
+    end: int  # accounted up to here (ms): the month's end once it is over
+
+    @property
+    def failed(self) -> int:
+        return self.seconds["down"] + self.seconds["unknown"]
+
+    @property
+    def counted(self) -> int:
+        return self.seconds["up"] + self.failed
+
+
+@dataclass
+class ServiceBook:
+    """Everything the ledger keeps for one service."""
+
+    since: int | None = None  # start of its first slot ever: monitored from then on
+    committed: int | None = None  # maintenance and terms recorded up to here (ms)
+    months: dict[str, Month] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# The file: validated on load
+
+
+class _Model(BaseModel):
+    # Lax, so that JSON arrays read as tuples; every leaf is strict all the same.
+    model_config = ConfigDict(extra="forbid")
+
+
+_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class _MonthFile(_Model):
+    runs: list[tuple[int, int, bool, list[str]]] = []
+    maintenance: list[tuple[int, int]] = []
+    terms: list[tuple[int, float, Policy]] = []
+    carried: dict[
+        Literal["up", "down", "unknown", "excluded", "maintenance", "unmonitored"], int
+    ] = {}
+    carried_until: int = 0
+
+
+class _ServiceFile(_Model):
+    since: StrictInt | None = None
+    committed: StrictInt | None = None
+    months: dict[str, _MonthFile] = {}
+
+    @field_validator("months")
+    @classmethod
+    def _keys(cls, months: dict[str, _MonthFile]) -> dict[str, _MonthFile]:
+        for key in months:
+            if not _KEY.match(key):
+                raise ValueError(f"month {key!r} is not a month like 2026-11")
+        return months
+
+
+class _LedgerFile(_Model):
+    version: StrictInt
+    timezone: StrictStr
+    horizon: StrictInt = Field(ge=0)
+    services: dict[str, _ServiceFile]
+
+
+class LedgerInvalid(RuntimeError):
+    """The ledger file cannot be used; the message names the file and what is wrong."""
+
+
+def _check_month(where: str, key: str, month: _MonthFile, zone: ZoneInfo) -> None:
+    start, end = (ms(t) for t in month_bounds(key, zone))
+    last = start
+    for i, (a, b, _, _) in enumerate(month.runs):
+        if not start <= a < b <= end or a < last:
+            raise ValueError(
+                f"{where}.runs[{i}]: [{a}, {b}) is not inside the month after the run before it"
+            )
+        last = b
+    for i, (a, b) in enumerate(month.maintenance):
+        if not start <= a < b <= end:
+            raise ValueError(f"{where}.maintenance[{i}]: [{a}, {b}) is not inside the month")
+    for state, value in month.carried.items():
+        if value < 0:
+            raise ValueError(f"{where}.carried.{state}: negative ({value})")
+    if month.carried and not start <= month.carried_until <= end:
+        raise ValueError(f"{where}.carried_until: {month.carried_until} is not inside the month")
+    for i, (_, objective, _) in enumerate(month.terms):
+        if not 0 < objective < 1:
+            raise ValueError(f"{where}.terms[{i}]: objective {objective} is not a ratio")
+
+
+# --------------------------------------------------------------------------------------------
+# The ledger
+
+
 class Ledger:
-    """Per-service, per-month probe tallies; `flush()` writes them atomically to `path`."""
+    """Every service's months; `flush()` writes them atomically to `path`."""
 
     def __init__(self, path: Path | None, timezone: str, keep_months: int = 13) -> None:
         self.path = path
         self.zone = ZoneInfo(timezone)
         self.keep_months = keep_months
-        self.tallies: dict[str, dict[str, Tally]] = {}
+        self.books: dict[str, ServiceBook] = {}
+        self.horizon = 0  # the latest time accounted (ms): the accounting clock never goes back
+        self.clock_steps_back = 0  # results refused because the clock went back
         self._dirty = False
-        self._month = ("", 0.0, 0.0)  # the month probes last fell in: key, start, end
+        self._bounds: dict[str, tuple[int, int]] = {}
+        self._final: dict[tuple[str, str], tuple[int, Figures]] = {}  # finished months
         if path is not None and path.exists():
             self._read(path)
 
+    # -- reading and writing ----------------------------------------------------------------
+
     def _read(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {data.get('version')!r}")
-            self.tallies = {
-                service: {month: Tally(**tally) for month, tally in months.items()}
-                for service, months in data["tallies"].items()
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise LedgerInvalid(f"cannot read the month ledger {path}: {err}") from err
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise LedgerInvalid(f"{path}: not JSON ({err}); {_ADVICE}") from err
+        if isinstance(data, dict) and data.get("version") == 1:
+            raise LedgerInvalid(
+                f"{path}: written by an older sla-exporter (format 1, probe counts); this "
+                f"version counts time. {_ADVICE}"
+            )
+        try:
+            parsed = _LedgerFile.model_validate(data)
+            if parsed.version != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {parsed.version}")
+            zone = ZoneInfo(parsed.timezone)
+            for name, entry in parsed.services.items():
+                for key, month in entry.months.items():
+                    _check_month(f"services.{name}.months.{key}", key, month, zone)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise LedgerInvalid(
+                f"{path}: {where}: {first['msg']} ({err.error_count()} error(s)); {_ADVICE}"
+            ) from err
+        except (ValueError, KeyError) as err:  # ZoneInfoNotFoundError is a KeyError
+            raise LedgerInvalid(f"{path}: {err}; {_ADVICE}") from err
+        self.horizon = parsed.horizon
+        for name, entry in parsed.services.items():
+            book = self.books[name] = ServiceBook(entry.since, entry.committed)
+            for key, m in entry.months.items():
+                book.months[key] = Month(
+                    runs=[Run(a, b, up, set(reasons)) for a, b, up, reasons in m.runs],
+                    maintenance=[(a, b) for a, b in m.maintenance],
+                    terms=[Term(a, objective, unknown) for a, objective, unknown in m.terms],
+                    carried={str(state): value for state, value in m.carried.items()},
+                    carried_until=m.carried_until,
+                )
+
+    def dumping(self, batch: int = 500) -> Generator[None, None, bytes | None]:
+        """The ledger as file content if it changed since the last call, else None; yields
+        every `batch` services so that the event loop (where the ledger changes, and where this
+        runs so that a writer thread never sees it half-changed) can go on in between."""
+        if self.path is None or not self._dirty:
+            return None
+        self._dirty = False  # changes from now on are in the next snapshot (maybe in this one)
+        head = {"version": FORMAT_VERSION, "timezone": self.zone.key, "horizon": self.horizon}
+        parts = [json.dumps(head, separators=(",", ":"))[:-1], ',"services":{']
+        for i, (name, book) in enumerate(list(self.books.items())):
+            if i and i % batch == 0:
+                yield
+            months = {
+                key: {
+                    "runs": [[r.start, r.end, r.up, sorted(r.reasons)] for r in m.runs],
+                    "maintenance": [list(span) for span in m.maintenance],
+                    "terms": [[t.start, t.objective, t.unknown] for t in m.terms],
+                    "carried": m.carried,
+                    "carried_until": m.carried_until,
+                }
+                for key, m in book.months.items()
             }
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            # Refuse to start over silently: that would erase the month's figures on disk.
-            raise RuntimeError(f"cannot read month tallies from {path}: {err}") from err
-
-    def set_timezone(self, timezone: str) -> None:
-        self.zone = ZoneInfo(timezone)
-        self._month = ("", 0.0, 0.0)
-
-    def _key(self, timestamp: float) -> str:
-        """month_key(timestamp), without a date computation for every probe of the month."""
-        key, start, end = self._month
-        if not start <= timestamp < end:
-            key = month_key(timestamp, self.zone)
-            start, end = month_bounds(key, self.zone)
-            self._month = (key, start, end)
-        return key
-
-    def record(
-        self, service: str, timestamp: float, success: bool, in_maintenance: bool, interval: float
-    ) -> None:
-        """Count one probe that started at `timestamp` in the month it started in."""
-        months = self.tallies.setdefault(service, {})
-        key = self._key(timestamp)
-        tally = months.get(key)
-        if tally is None:
-            tally = months[key] = Tally(since=None if months else timestamp)
-        tally.interval = interval
-        if in_maintenance:
-            tally.maintenance_probes += 1
-        else:
-            tally.probes += 1
-            tally.failures += not success
-        self._dirty = True
-
-    def monitored_from(self, key: str, tally: Tally) -> float:
-        """Unix time from which month `key` counts: its start, or the first probe if later."""
-        start = month_bounds(key, self.zone)[0]
-        return start if tally.since is None else max(start, tally.since)
-
-    def months(
-        self, service: str, now: float, current: str | None = None
-    ) -> list[tuple[str, Tally]]:
-        """The kept months of `service`, oldest first, with the current month always present
-        (`current`, its key, if the caller has it already)."""
-        months = self.tallies.get(service, {})
-        current = current or month_key(now, self.zone)
-        if len(months) == 1 and current in months:  # the usual case, and the most frequent call
-            return [(current, months[current])]
-        keys = sorted({*months, current})[-self.keep_months :]
-        # A service never probed yet is monitored from now on, not from the month's start.
-        fresh = Tally(since=None if months else now)
-        return [(key, months.get(key) or fresh) for key in keys]
-
-    def prune(self) -> None:
-        """Drop months older than the kept window.
-
-        Services that left the config keep their tallies (they are no longer exposed), so removing
-        a service by mistake and adding it back does not erase its month.
-        """
-        for months in self.tallies.values():
-            if len(months) <= self.keep_months:
-                continue
-            for key in sorted(months)[: -self.keep_months]:
-                del months[key]
-                self._dirty = True
+            entry = {"since": book.since, "committed": book.committed, "months": months}
+            comma = "," if i else ""
+            parts.append(f"{comma}{json.dumps(name)}:{json.dumps(entry, separators=(',', ':'))}")
+        parts.append("}}")
+        return "".join(parts).encode()
 
     def snapshot(self) -> bytes | None:
-        """The tallies as file content if they changed since the last snapshot, else None."""
         dumping = self.dumping()
         try:
             while True:
@@ -148,54 +425,334 @@ class Ledger:
             content: bytes | None = done.value
             return content
 
-    def dumping(self, batch: int = 500) -> Generator[None, None, bytes | None]:
-        """`snapshot()` as a generator that yields every `batch` services, so that the event
-        loop (where tallies change, and where this runs so that a writer thread never sees a
-        dict being modified) can go on between two batches; each service's months are copied
-        in one go. With 10,000 services, the whole file at once held the loop ~0.1 s."""
-        if self.path is None or not self._dirty:
-            return None
-        self._dirty = False  # changes from now on are in the next snapshot (maybe in this one)
-        head = {"version": FORMAT_VERSION, "timezone": self.zone.key}
-        parts = [json.dumps(head, separators=(",", ":"))[:-1], ',"tallies":{']
-        for i, (service, months) in enumerate(list(self.tallies.items())):
-            if i and i % batch == 0:
-                yield
-            tallies = {
-                month: {
-                    "probes": t.probes,
-                    "failures": t.failures,
-                    "maintenance_probes": t.maintenance_probes,
-                    "interval": t.interval,
-                    "since": t.since,
-                }
-                for month, t in months.items()
-            }
-            comma = "," if i else ""
-            parts.append(
-                f"{comma}{json.dumps(service)}:{json.dumps(tallies, separators=(',', ':'))}"
-            )
-        parts.append("}}")
-        return "".join(parts).encode()
-
-    def write(self, content: bytes) -> None:
+    def write(self, content: bytes, path: Path | None = None) -> None:
         """Replace the file atomically: write a temporary file, fsync it, rename it over."""
-        assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
+        path = path or self.path
+        assert path is not None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ledger-")
+        except OSError:
+            self._dirty = True
+            raise
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(content)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except BaseException:
             self._dirty = True  # try again at the next flush
             Path(tmp).unlink(missing_ok=True)
             raise
 
     def flush(self) -> None:
-        """Write the tallies now if they changed."""
+        """Write the ledger now if it changed."""
         content = self.snapshot()
         if content is not None:
             self.write(content)
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    # -- time -------------------------------------------------------------------------------
+
+    def set_timezone(self, timezone: str) -> None:
+        if timezone != self.zone.key:
+            log.warning(
+                "the SLA's time zone changed from %s to %s: months are counted in the new zone "
+                "from now on, finished months keep their figures as far as their runs allow",
+                self.zone.key,
+                timezone,
+            )
+        self.zone = ZoneInfo(timezone)
+        self._bounds.clear()
+        self._final.clear()
+
+    def bounds(self, key: str) -> tuple[int, int]:
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            start, end = month_bounds(key, self.zone)
+            bounds = self._bounds[key] = (ms(start), ms(end))
+        return bounds
+
+    def key(self, at: int) -> str:
+        return month_key(at / 1000, self.zone)
+
+    def now(self, clock: float) -> int:
+        """The accounting time: the clock, but never before a time already accounted."""
+        return max(ms(clock), self.horizon)
+
+    def _spans(self, start: int, end: int) -> Iterator[tuple[str, int, int]]:
+        """[start, end) cut at month boundaries: (month key, start, end) pieces."""
+        key = self.key(start)
+        while start < end:
+            month_end = self.bounds(key)[1]
+            piece_end = min(end, month_end)
+            yield key, start, piece_end
+            start, key = piece_end, next_month(key)
+
+    def _month(self, book: ServiceBook, key: str, term: Term | None) -> Month:
+        month = book.months.get(key)
+        if month is None:
+            month = book.months[key] = Month()
+            if term is not None:
+                month.terms.append(Term(self.bounds(key)[0], term.objective, term.unknown))
+        return month
+
+    def _last_term(self, book: ServiceBook) -> Term | None:
+        for key in sorted(book.months, reverse=True):
+            if book.months[key].terms:
+                return book.months[key].terms[-1]
+        return None
+
+    # -- what happens -------------------------------------------------------------------------
+
+    def advance(
+        self,
+        clock: float,
+        service: str,
+        objective: float,
+        unknown: Policy,
+        maintenance: Iterable[tuple[float, float]],
+    ) -> None:
+        """Record the terms and declared maintenance of `service` up to `clock`.
+
+        Called with the settings in force (before a reload applies new ones, and periodically),
+        so that past time keeps the settings it had; new settings take effect from the end of
+        what was recorded. Time the exporter was not running is given the settings of the first
+        call after it, from the SLA file then in force: maintenance is announced in advance, so
+        a window declared in the file covers the time the exporter was stopped as well.
+        """
+        book = self.books.setdefault(service, ServiceBook())
+        now = self.now(clock)
+        self.horizon = now
+        if book.committed is None:  # first seen: from its month's start (before `since`, the
+            book.committed = self.bounds(self.key(now))[0]  # time is unmonitored anyway)
+        begin = min(book.committed, now)
+        last = self._last_term(book)
+        changed = last is None or (last.objective, last.unknown) != (objective, unknown)
+        if begin >= now and not changed:
+            return
+        term = Term(begin, objective, unknown)
+        windows = _union((ms(a), ms(b)) for a, b in maintenance)
+        pieces = list(self._spans(begin, now)) or [(self.key(begin), begin, begin)]
+        for key, a, b in pieces:
+            month = self._month(book, key, term if changed else last)
+            if changed and a == begin:
+                if month.terms and month.terms[-1].start >= begin:
+                    month.terms[-1] = term
+                elif not month.terms or (month.terms[-1].objective, month.terms[-1].unknown) != (
+                    objective,
+                    unknown,
+                ):
+                    month.terms.append(term)
+                month.version += 1
+            new = _clip(windows, a, b)
+            if new:
+                month.maintenance = _union([*month.maintenance, *new])
+                month.version += 1
+        book.committed = max(book.committed, now)
+        self._dirty = True
+
+    def record(
+        self,
+        service: str,
+        start: float,
+        interval: float,
+        up: bool,
+        reason: str | None = None,
+        known: bool = True,
+    ) -> int:
+        """Let one result stand for its slot [start, start + interval); return the ms it newly
+        covers. `known` False (the exporter's own fault) leaves the slot unknown, but monitoring
+        has begun all the same. A result from a clock that went back is refused and counted."""
+        book = self.books.setdefault(service, ServiceBook())
+        a = ms(start)
+        b = a + ms(interval)
+        if b + (b - a) <= self.horizon:
+            # No real result is that late: a run may wait up to an interval to start and take
+            # less than an interval, so its slot starts within two intervals of now.
+            self.clock_steps_back += 1
+            log.warning(
+                "refused a result of %s for %s: the clock is behind the time already accounted "
+                "(%s); the month is not rewritten",
+                service,
+                datetime.fromtimestamp(start, self.zone).isoformat(),
+                datetime.fromtimestamp(self.horizon / 1000, self.zone).isoformat(),
+            )
+            return 0
+        book.since = a if book.since is None else min(book.since, a)
+        self._dirty = True
+        if not known:
+            return 0
+        added = 0
+        last = self._last_term(book)
+        for key, x, y in self._spans(a, b):
+            added += self._month(book, key, last).fill(x, y, up, reason)
+        return added
+
+    def covered(self, service: str, start: float, end: float) -> bool:
+        """Whether results already cover all of [start, end) (a restarted exporter does not
+        probe a slot its predecessor probed)."""
+        book = self.books.get(service)
+        if book is None:
+            return False
+        a, b = ms(start), ms(end)
+        for key, x, y in self._spans(a, b):
+            month = book.months.get(key)
+            if month is None:
+                return False
+            spans = _clip(((r.start, r.end) for r in month.runs), x, y)
+            if _length(spans) < y - x:
+                return False
+        return True
+
+    def recover(self, service: str, key: str, seconds: dict[str, int], objective: float) -> None:
+        """Take a month's totals (ms per state, from Prometheus) for a service this ledger has no
+        results of in that month: they stand for the month from its start up to the time they
+        add up to. Results recorded later only count after that point."""
+        book = self.books.setdefault(service, ServiceBook())
+        start, end = self.bounds(key)
+        total = sum(seconds.get(state, 0) for state in STATES)
+        month = book.months.get(key)
+        if month is not None and month.runs:
+            raise ValueError(f"{service} already has results in {key}")
+        month = book.months[key] = Month() if month is None else month
+        month.carried = {state: seconds.get(state, 0) for state in STATES}
+        month.carried_until = min(end, start + total)
+        if not month.terms:
+            unknown: Policy = "excluded" if seconds.get("excluded") else "down"
+            month.terms.append(Term(start, objective, unknown))
+        month.version += 1
+        unmonitored = seconds.get("unmonitored", 0)
+        if unmonitored < total:
+            since = start + unmonitored
+            book.since = since if book.since is None else min(book.since, since)
+        book.committed = max(book.committed or 0, month.carried_until)
+        self.horizon = max(self.horizon, month.carried_until)
+        self._dirty = True
+
+    def prune(self) -> None:
+        """Drop months older than the kept window.
+
+        Services that left the config keep their months (they are no longer exposed), so removing
+        a service by mistake and adding it back does not erase its month.
+        """
+        for book in self.books.values():
+            if len(book.months) <= self.keep_months:
+                continue
+            for key in sorted(book.months)[: -self.keep_months]:
+                del book.months[key]
+                self._dirty = True
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def months(self, service: str, clock: float) -> list[str]:
+        """The months to show for `service`, oldest first: each kept month from the first one
+        it was monitored in up to the current one, including months without any result."""
+        now = self.now(clock)
+        current = self.key(now)
+        book = self.books.get(service)
+        if book is None or book.since is None:
+            first = min(book.months) if book is not None and book.months else current
+        else:
+            first = min([self.key(book.since), *book.months])
+        keys = [first]
+        while keys[-1] < current:
+            keys.append(next_month(keys[-1]))
+        return keys[-self.keep_months :]
+
+    def figures(
+        self,
+        service: str,
+        key: str,
+        clock: float,
+        pending_from: float | None = None,
+        future_maintenance: Iterable[tuple[float, float]] = (),
+        objective: float | None = None,
+        unknown: Policy = "down",
+    ) -> Figures:
+        """Month `key` of `service` as it stands at `clock`.
+
+        `pending_from`: start of the service's current slot; time after it that no result
+        covers yet is not unknown (its probe is due or running). `future_maintenance` (the
+        declared windows, unix times), `objective` and `unknown`: the settings in force now,
+        for time `advance()` has not recorded yet and for the part of the month still to come.
+        """
+        now = self.now(clock)
+        start, end = self.bounds(key)
+        book = self.books.get(service) or ServiceBook()
+        month = book.months.get(key) or Month()
+        final = end <= now and end <= (book.committed or 0)
+        if final:
+            cached = self._final.get((service, key))
+            if cached is not None and cached[0] == month.version:
+                return cached[1]
+        upto = min(now, end)
+        terms = list(month.terms)
+        if objective is not None and (
+            not terms or (terms[-1].objective, terms[-1].unknown) != (objective, unknown)
+        ):
+            terms.append(Term(max(start, book.committed or start), objective, unknown))
+        if not terms:
+            terms = [Term(start, 0.99, "down")]
+        seconds = dict.fromkeys(STATES, 0)
+        budget = Fraction(0)
+        for state, value in month.carried.items():
+            seconds[state] += value
+        lo = max(start, month.carried_until)
+        if month.carried_until > start:
+            counted = month.carried["up"] + month.carried["down"] + month.carried["unknown"]
+            budget += (1 - Fraction(str(terms[0].objective))) * counted
+        since = book.since if book.since is not None else upto
+        unmonitored_end = min(max(since, lo), upto)
+        seconds["unmonitored"] += max(0, unmonitored_end - lo)
+        lo = max(lo, unmonitored_end)
+        pending = upto if pending_from is None else max(lo, min(upto, ms(pending_from)))
+        # Declared maintenance: as recorded, and as the SLA file says now for what `advance()`
+        # has not recorded yet.
+        uncommitted = max(start, book.committed or start)
+        declared = _union(
+            [
+                *month.maintenance,
+                *_clip(((ms(a), ms(b)) for a, b in future_maintenance), uncommitted, end),
+            ]
+        )
+        maintenance = _clip(declared, lo, upto)
+        seconds["maintenance"] += _length(maintenance)
+        runs = [(r.start, r.end, r.up) for r in month.runs if r.end > lo and r.start < upto]
+        covered: list[tuple[int, int]] = []
+        for a, b, up in runs:
+            spans = _minus([(max(a, lo), min(b, upto))], maintenance)
+            seconds["up" if up else "down"] += _length(spans)
+            covered.extend(spans)
+        # What neither a result nor maintenance covers, before the pending slot, is unknown;
+        # the policy in force at each moment says whether it counts as down.
+        holes = _minus(_minus([(lo, pending)], maintenance), _union(covered))
+        for i, term in enumerate(terms):
+            term_end = terms[i + 1].start if i + 1 < len(terms) else end
+            term_lo = max(term.start, lo) if i else lo
+            part = _length(_clip(holes, term_lo, term_end))
+            seconds["unknown" if term.unknown == "down" else "excluded"] += part
+            counted = _length(_clip(covered, term_lo, term_end))
+            counted += part if term.unknown == "down" else 0
+            budget += (1 - Fraction(str(term.objective))) * counted
+        # Time still to come (and the pending slot) counts toward the budget at today's terms,
+        # but for declared maintenance.
+        declared = _union([*month.maintenance, *((ms(a), ms(b)) for a, b in future_maintenance)])
+        rest = _length(_minus(_minus([(pending, end)], declared), _union(covered)))
+        budget += (1 - Fraction(str(terms[-1].objective))) * rest
+        countable = seconds["up"] + seconds["down"] + seconds["unknown"] + rest
+        weighted = float(1 - budget / countable) if countable else terms[-1].objective
+        accounted = sum(seconds.values())
+        figures = Figures(seconds, int(budget), weighted, start + accounted)
+        if final:
+            self._final[(service, key)] = (month.version, figures)
+        return figures
+
+
+_ADVICE = (
+    "move the file aside and start the exporter with --storage.recover-from=<Prometheus URL> to "
+    "resume the months from what Prometheus holds (docs/OPERATIONS.md)"
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from .config import Config, Service
+from .ledger import ms, slot
 from .probes import PROBERS, ProbeResult, run_probe
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,12 @@ START_RATE = 50.0
 
 
 ProbeFn = Callable[[str, Service], Awaitable[ProbeResult]]
-ResultFn = Callable[[str, Service, ProbeResult, bool], None]
+# (service name, its settings, the result, whether maintenance covered it, its slot's start)
+ResultFn = Callable[[str, Service, ProbeResult, bool, float], None]
+CoveredFn = Callable[[str, float, float], bool]
+# A wall clock that moved this much more or less than the monotonic clock over one sleep was set
+# (NTP step, an operator): the schedule is taken up again on the grid at the new time.
+CLOCK_STEP = 1.0
 
 
 class Clock(Protocol):
@@ -55,16 +60,21 @@ async def probe_service(name: str, service: Service) -> ProbeResult:
 
 
 class Scheduler:
-    """Runs one task per service at a fixed rate, `interval` apart on the monotonic clock.
+    """Runs one task per service, once per slot of the service's grid on the wall clock.
 
-    The next run is due at first_run + k * interval, never "interval after the previous run
-    ended", so probe durations do not make the schedule drift. A run that could not start before
-    its successor was due (the concurrency cap was saturated) is skipped and counted, not queued.
+    A service's slots are `interval` long and begin at a phase hashed from its name
+    (ledger.slot): the same grid in every location and after every restart, so that a result
+    stands for a known span of time and the month accounting can count time, not probes. Runs
+    are due at slot starts, computed rather than accumulated, so probe durations never make the
+    schedule drift. A run that could not start before its slot ended (the concurrency cap was
+    saturated) is skipped and counted, not queued: its slot stays unknown.
 
     First runs come within `max_start_jitter` seconds (or the interval, if shorter), spread
     evenly rather than at random, so that no two services that start together run at the same
     instant (simultaneous probes delay each other on one event loop and measure it). With more
     services than START_RATE a second would start in that window, it widens up to the interval.
+    A first run stands for the slot it falls in, unless results already cover that slot (an
+    exporter restarted within a slot its predecessor probed): then it waits for the next slot.
     """
 
     def __init__(
@@ -78,6 +88,8 @@ class Scheduler:
         on_missed: Callable[[str, int], None] = lambda name, runs: None,
         in_flight: Callable[[int], None] = lambda count: None,
         rng: random.Random | None = None,
+        covered: CoveredFn = lambda name, start, end: False,
+        on_crash: Callable[[str, BaseException], None] = lambda name, err: None,
     ) -> None:
         self.on_result = on_result
         self.probe = probe
@@ -87,6 +99,9 @@ class Scheduler:
         self.on_missed = on_missed
         self.report_in_flight = in_flight
         self.rng = rng or random.Random()
+        self.covered = covered
+        self.on_crash = on_crash
+        self.clock_steps = 0
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, tuple[Service, asyncio.Task[None]]] = {}
         self._in_flight = 0
@@ -117,7 +132,7 @@ class Scheduler:
         self, services: list[tuple[str, Service]]
     ) -> Iterator[tuple[str, Service, float]]:
         """When each of `services` runs first: evenly over its start-up window."""
-        now = self.clock.monotonic()
+        now = self.clock.time()
         spread = len(services) / START_RATE  # seconds that keep start-up at START_RATE
         windows: dict[float, list[tuple[str, Service]]] = {}
         for name, service in services:
@@ -142,28 +157,58 @@ class Scheduler:
         when = datetime.fromtimestamp(started, UTC)
         return config is not None and config.in_maintenance(name, when)
 
-    async def _run(self, name: str, service: Service, origin: float) -> None:
-        interval = service.interval
-        slot = 0  # run k is due at origin + k * interval: computed, not accumulated, so no drift
+    async def _run(self, name: str, service: Service, first: float) -> None:
+        """Probe `name` in each slot of its grid, from the slot `first` (wall time) falls in;
+        an unexpected error is logged and counted, and the service resumes at its next slot."""
         while True:
-            due = origin + slot * interval
-            await self.clock.sleep(due - self.clock.monotonic())
+            try:
+                await self._slots_from(name, service, first)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a bug: never let a service stop being probed silently
+                log.exception("probing %s failed unexpectedly; resuming at its next slot", name)
+                self.on_crash(name, err)
+                await self.clock.sleep(min(service.interval, 1.0))
+                first = self.clock.time() + service.interval
+
+    async def _slots_from(self, name: str, service: Service, first: float) -> None:
+        interval, length = service.interval, ms(service.interval)
+        start = slot(name, length, ms(first)) / 1000  # the slot `first` falls in
+        due = first
+        if self.covered(name, start, start + interval):
+            start += interval
+            due = start
+        while True:
+            before_wall, before_mono = self.clock.time(), self.clock.monotonic()
+            await self.clock.sleep(due - before_wall)
+            now = self.clock.time()
+            step = (now - before_wall) - (self.clock.monotonic() - before_mono)
+            if abs(step) > CLOCK_STEP:
+                # The wall clock was set: take the grid up again at the new time. The month
+                # accounting refuses results for time it has already counted.
+                self.clock_steps += 1
+                log.warning(
+                    "the wall clock moved by %+.1fs; %s resumes at its slot now", step, name
+                )
+                start = slot(name, length, ms(now)) / 1000
+                due = now
             async with self._slots:
-                lag = self.clock.monotonic() - due
-                ran = lag < interval  # the cap held this run back a whole slot: skip it
+                lag = self.clock.time() - due
+                ran = self.clock.time() < start + interval  # its slot not over yet
                 if ran:
                     self.on_lag(name, max(0.0, lag))
-                    await self._probe_once(name, service)
+                    await self._probe_once(name, service, start)
             # The next slot whose start has not passed by a whole interval; slots passed over
             # are skipped and counted, not run late in a burst.
-            next_slot = max(slot + 1, math.floor((self.clock.monotonic() - origin) / interval))
-            skipped = next_slot - slot - 1 + (0 if ran else 1)
-            if skipped:
+            current = slot(name, length, ms(self.clock.time())) / 1000
+            following = max(start + interval, current)
+            skipped = round((following - start) / interval) - 1 + (0 if ran else 1)
+            if skipped > 0:
                 log.warning("probe of %s fell behind; skipped %d run(s)", name, skipped)
                 self.on_missed(name, skipped)
-            slot = next_slot
+            start = due = following
 
-    async def _probe_once(self, name: str, service: Service) -> None:
+    async def _probe_once(self, name: str, service: Service, start: float) -> None:
         self._in_flight += 1
         self.report_in_flight(self._in_flight)
         try:
@@ -171,4 +216,5 @@ class Scheduler:
         finally:
             self._in_flight -= 1
             self.report_in_flight(self._in_flight)
-        self.on_result(name, service, result, self._in_maintenance(name, result.timestamp))
+        maintenance = self._in_maintenance(name, result.timestamp)
+        self.on_result(name, service, result, maintenance, start)

@@ -142,8 +142,9 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[EXPORTER_KEY].config is None:
-        return web.Response(status=503, text="Not ready: no configuration loaded.\n")
+    problems = request.app[EXPORTER_KEY].readiness()
+    if problems:
+        return web.Response(status=503, text="Not ready: " + "; ".join(problems) + ".\n")
     return web.Response(text="Ready.\n")
 
 
