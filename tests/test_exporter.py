@@ -322,11 +322,15 @@ async def test_month_tallies_are_exposed_and_written_to_disk(running, tmp_path: 
     exporter, server, _, _ = running
     await eventually(lambda: _probed(exporter))
     _, text = await fetch(server, "/metrics")
-    months = [s for s in samples(text) if s[0] == "sla_month_probes"]
-    assert months
-    labels = dict(months[0][1])
-    state = exporter.store.services[labels["sla_service"]]
-    assert value(text, "sla_month_probes", **labels) <= state.probes
+    months = [s for s in samples(text) if s[0] == "sla_month_seconds"]
+    assert {dict(labels)["state"] for _, labels in months} == {
+        "up",
+        "down",
+        "unknown",
+        "excluded",
+        "maintenance",
+        "unmonitored",
+    }
     await exporter.stop()
     assert (tmp_path / "ledger.json").exists()
 

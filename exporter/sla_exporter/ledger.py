@@ -675,8 +675,9 @@ class Ledger:
     ) -> Figures:
         """Month `key` of `service` as it stands at `clock`.
 
-        `pending_from`: start of the service's current slot; time after it that no result
-        covers yet is not unknown (its probe is due or running). `future_maintenance` (the
+        `pending_from`: start of the service's current slot; the month is counted up to there,
+        so figures change once a slot and the slot whose probe is due or running is not
+        unknown. `future_maintenance` (the
         declared windows, unix times), `objective` and `unknown`: the settings in force now,
         for time `advance()` has not recorded yet and for the part of the month still to come.
         """
@@ -690,6 +691,8 @@ class Ledger:
             if cached is not None and cached[0] == month.version:
                 return cached[1]
         upto = min(now, end)
+        if pending_from is not None:  # the current slot is decided when it is over
+            upto = max(start, min(upto, ms(pending_from)))
         terms = list(month.terms)
         if objective is not None and (
             not terms or (terms[-1].objective, terms[-1].unknown) != (objective, unknown)
@@ -709,7 +712,6 @@ class Ledger:
         unmonitored_end = min(max(since, lo), upto)
         seconds["unmonitored"] += max(0, unmonitored_end - lo)
         lo = max(lo, unmonitored_end)
-        pending = upto if pending_from is None else max(lo, min(upto, ms(pending_from)))
         # Declared maintenance: as recorded, and as the SLA file says now for what `advance()`
         # has not recorded yet.
         uncommitted = max(start, book.committed or start)
@@ -729,7 +731,7 @@ class Ledger:
             covered.extend(spans)
         # What neither a result nor maintenance covers, before the pending slot, is unknown;
         # the policy in force at each moment says whether it counts as down.
-        holes = _minus(_minus([(lo, pending)], maintenance), _union(covered))
+        holes = _minus(_minus([(lo, upto)], maintenance), _union(covered))
         for i, term in enumerate(terms):
             term_end = terms[i + 1].start if i + 1 < len(terms) else end
             term_lo = max(term.start, lo) if i else lo
@@ -738,10 +740,10 @@ class Ledger:
             counted = _length(_clip(covered, term_lo, term_end))
             counted += part if term.unknown == "down" else 0
             budget += (1 - Fraction(str(term.objective))) * counted
-        # Time still to come (and the pending slot) counts toward the budget at today's terms,
-        # but for declared maintenance.
+        # Time still to come (the current slot included) counts toward the budget at today's
+        # terms, but for declared maintenance.
         declared = _union([*month.maintenance, *((ms(a), ms(b)) for a, b in future_maintenance)])
-        rest = _length(_minus(_minus([(pending, end)], declared), _union(covered)))
+        rest = _length(_minus([(upto, end)], declared))
         budget += (1 - Fraction(str(terms[-1].objective))) * rest
         countable = seconds["up"] + seconds["down"] + seconds["unknown"] + rest
         weighted = float(1 - budget / countable) if countable else terms[-1].objective
