@@ -1070,12 +1070,14 @@ def service_detail(settings: Settings) -> Json:
             width=6,
         ),
         stat(
-            "Probes this month",
-            "Probes counted this month outside maintenance, per location (sla_month_probes), the "
-            "SLA's denominator.",
-            "short",
+            "Maintenance this month",
+            "Declared maintenance this month, per location "
+            '(sla_month_seconds{state="maintenance"}): time that counts neither up nor down, '
+            "whether or not the exporter ran.",
+            "s",
             Q(
-                f"max by (location, month) (sla_month_probes{by_loc}) {CURRENT_MONTH}",
+                "max by (location, month) "
+                f'(sla_month_seconds{{state="maintenance", {SVC}, {LOC}}}) {CURRENT_MONTH}',
                 "{{location}}",
                 instant=True,
             ),

@@ -466,12 +466,16 @@ def seed_previous_month(path: Path, now: float) -> None:
     start = month_bounds(month_key(now, ledger.zone), ledger.zone)[0]
     previous = month_key(start - 1, ledger.zone)
     first, end = month_bounds(previous, ledger.zone)
+    for service in DEMO_SERVICES:  # monitored all month
+        ledger.advance(first, service, 0.99, "down", ())
     for service in DEMO_SERVICES:
-        ledger.record(service, first, True, False, 60.0)
-        tally = ledger.tallies[service][previous]
-        tally.probes = round((end - first) / 60)
-        tally.failures = 500 if service == "api" else 10
-        tally.since = None  # monitored all month
+        failed = (500 if service == "api" else 10) * 60
+        # Results stand for their slots; equal neighbours merge, so one result per span is
+        # the ledger a minute-by-minute month of them leaves.
+        ledger.record(service, first, failed, up=False, reason="timeout")
+        ledger.record(service, first + failed, end - first - failed, up=True)
+    for service in DEMO_SERVICES:
+        ledger.advance(end, service, 0.99, "down", ())
     ledger.flush()
 
 

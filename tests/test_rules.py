@@ -446,79 +446,78 @@ def test_the_run_of_failures_gauges_of_every_unit_test_agree_with_its_probe_resu
                 )
 
 
-# The exporter's per-service month tallies (docs/METRICS.md, "Calendar months"): a unit test that
+# The exporter's per-service month figures (docs/METRICS.md, "Calendar months"): a unit test that
 # feeds one of them feeds them all, for the same series and steps.
-MONTH_TALLIES = (
-    "sla_month_probes",
-    "sla_month_probe_failures",
-    "sla_month_maintenance_probes",
-    "sla_month_slots",
+MONTH_FIGURES = (
+    "sla_month_seconds",
+    "sla_month_error_budget_seconds",
+    "sla_month_objective_ratio",
     "sla_month_slot_seconds",
-    "sla_month_elapsed_slots",
 )
+MONTH_STATES = ("up", "down", "unknown", "excluded", "maintenance", "unmonitored")
 
 
 def month_cases() -> list[tuple[str, dict[str, Any]]]:
-    """(id, test case) for every unit test that feeds any of the month tallies."""
+    """(id, test case) for every unit test that feeds any of the month figures."""
     return [
         (f"{path.name}: {case['name']}", case)
         for path in RULE_TESTS
         for case in load_yaml(path)["tests"]
-        if any(parse_series(s["series"])[0] in MONTH_TALLIES for s in case.get("input_series", []))
+        if any(parse_series(s["series"])[0] in MONTH_FIGURES for s in case.get("input_series", []))
     ]
 
 
 @pytest.mark.parametrize("case", [c for _, c in month_cases()], ids=[i for i, _ in month_cases()])
-def test_the_month_tallies_of_every_unit_test_agree_with_each_other_and_the_month(
+def test_the_month_figures_of_every_unit_test_agree_with_each_other_and_the_month(
     case: dict[str, Any],
 ) -> None:
     """Whatever a unit test feeds of a service's month, it feeds all of it, as the exporter does:
-    the six tallies with the same labels; probes and maintenance probes within the elapsed slots,
-    those within the month's slots; and the slots, at sla_month_slot_seconds each, within the
-    month's start..end of that location: all of it for a month monitored from its start, less in
-    the month monitoring began (counted from the first probe).
+    every state of sla_month_seconds and the budget, objective and slot with the same labels; the
+    states add up to no more than the month's start..end of that location; and the budget is at
+    most (1 - objective) of the time that counts plus the time still to come.
     """
     series: dict[tuple[tuple[str, str], ...], dict[str, list[float | str | None]]] = {}
     bounds: dict[tuple[str, str], dict[str, list[float | str | None]]] = {}
     for s in case["input_series"]:
         name, labels = parse_series(s["series"])
         values = expand_series(str(s["values"]))
-        if name in MONTH_TALLIES:
-            series.setdefault(labels, {})[name] = values
+        if name in MONTH_FIGURES:
+            of = dict(labels)
+            key = name if name != "sla_month_seconds" else f"{name}:{of.pop('state')}"
+            series.setdefault(tuple(sorted(of.items())), {})[key] = values
         elif name in ("sla_month_start_timestamp_seconds", "sla_month_end_timestamp_seconds"):
             of = dict(labels)
             bounds.setdefault((of["location"], of["month"]), {})[name] = values
-    for labels, tallies in series.items():
+    expected = {*MONTH_FIGURES[1:], *(f"sla_month_seconds:{state}" for state in MONTH_STATES)}
+    for labels, figures in series.items():
         where = ",".join(f"{k}={v}" for k, v in labels)
-        missing = sorted(set(MONTH_TALLIES) - set(tallies))
-        assert not missing, f"{where}: feeds some month tallies but not {missing}"
-        assert len({len(v) for v in tallies.values()}) == 1, f"{where}: tallies differ in length"
+        missing = sorted(expected - set(figures))
+        assert not missing, f"{where}: feeds some month figures but not {missing}"
+        assert len({len(v) for v in figures.values()}) == 1, f"{where}: figures differ in length"
         location, month = dict(labels)["location"], dict(labels)["month"]
         month_bounds = bounds.get((location, month), {})
         assert len(month_bounds) == 2, f"{where}: no start and end of {month} in {location}"
         start = month_bounds["sla_month_start_timestamp_seconds"]
         end = month_bounds["sla_month_end_timestamp_seconds"]
-        for step in range(len(tallies["sla_month_slots"])):
-            t = {
+        for step in range(len(figures["sla_month_slot_seconds"])):
+            f = {
                 name: value
-                for name, values in tallies.items()
+                for name, values in figures.items()
                 if isinstance(value := values[step], float)
             }
-            if len(t) < len(MONTH_TALLIES):
-                continue  # a step without samples: nothing to compare
-            assert t["sla_month_slot_seconds"] > 0, f"{where}[{step}]: slot of {t}"
-            assert (
-                t["sla_month_probes"] + t["sla_month_maintenance_probes"]
-                <= t["sla_month_elapsed_slots"]
-                <= t["sla_month_slots"]
-            ), f"{where}[{step}]: more probes than slots: {t}"
-            assert t["sla_month_probe_failures"] <= t["sla_month_probes"], f"{where}[{step}]: {t}"
             first, last = start[step], end[step]
-            if isinstance(first, float) and isinstance(last, float):
-                covered = t["sla_month_slots"] * t["sla_month_slot_seconds"]
-                assert covered <= last - first, (
-                    f"{where}[{step}]: {covered} s of slots in a month of {last - first} s"
-                )
+            if len(f) < len(expected) or not isinstance(first, float):
+                continue  # a step without samples: nothing to compare
+            assert isinstance(last, float)
+            assert f["sla_month_slot_seconds"] > 0, f"{where}[{step}]: slot of {f}"
+            states = {state: f[f"sla_month_seconds:{state}"] for state in MONTH_STATES}
+            assert all(v >= 0 for v in states.values()), f"{where}[{step}]: {states}"
+            accounted = sum(states.values())
+            assert accounted <= last - first, f"{where}[{step}]: {accounted} s in a month"
+            counted = states["up"] + states["down"] + states["unknown"]
+            to_come = (last - first) - accounted
+            most = (1 - f["sla_month_objective_ratio"]) * (counted + to_come) + 1e-6
+            assert f["sla_month_error_budget_seconds"] <= most, f"{where}[{step}]: budget {f}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ class Month:
     runs: list[Run] = field(default_factory=list)
     maintenance: list[tuple[int, int]] = field(default_factory=list)  # declared, committed
     terms: list[Term] = field(default_factory=list)
-    # Totals recovered from Prometheus for [month start, carried_until), where no runs survive.
+    # Totals carried in for [month start, carried_until), where no runs exist (kept in the file
+    # format for recovering a month from the series Prometheus holds).
     carried: dict[str, int] = field(default_factory=dict)
     carried_until: int = 0
     version: int = 0  # bumped on every change, for the cache of finished months' figures
@@ -608,31 +609,6 @@ class Ledger:
                 return False
         return True
 
-    def recover(self, service: str, key: str, seconds: dict[str, int], objective: float) -> None:
-        """Take a month's totals (ms per state, from Prometheus) for a service this ledger has no
-        results of in that month: they stand for the month from its start up to the time they
-        add up to. Results recorded later only count after that point."""
-        book = self.books.setdefault(service, ServiceBook())
-        start, end = self.bounds(key)
-        total = sum(seconds.get(state, 0) for state in STATES)
-        month = book.months.get(key)
-        if month is not None and month.runs:
-            raise ValueError(f"{service} already has results in {key}")
-        month = book.months[key] = Month() if month is None else month
-        month.carried = {state: seconds.get(state, 0) for state in STATES}
-        month.carried_until = min(end, start + total)
-        if not month.terms:
-            unknown: Policy = "excluded" if seconds.get("excluded") else "down"
-            month.terms.append(Term(start, objective, unknown))
-        month.version += 1
-        unmonitored = seconds.get("unmonitored", 0)
-        if unmonitored < total:
-            since = start + unmonitored
-            book.since = since if book.since is None else min(book.since, since)
-        book.committed = max(book.committed or 0, month.carried_until)
-        self.horizon = max(self.horizon, month.carried_until)
-        self._dirty = True
-
     def prune(self) -> None:
         """Drop months older than the kept window.
 
@@ -755,6 +731,7 @@ class Ledger:
 
 
 _ADVICE = (
-    "move the file aside and start the exporter with --storage.recover-from=<Prometheus URL> to "
-    "resume the months from what Prometheus holds (docs/OPERATIONS.md)"
+    "the exporter does not start over on its own, which would erase the months it holds: "
+    "restore a good copy of the file, or move it aside to begin the months afresh (the time "
+    "since the last good copy is then unknown)"
 )
