@@ -259,6 +259,21 @@ def test_time_the_exporter_was_stopped_inside_declared_maintenance_is_maintenanc
     assert figures.budget == (30 * DAY - 4 * 3_600_000) // 100
 
 
+def test_failures_inside_a_declared_maintenance_window_are_maintenance_not_down() -> None:
+    ledger = Ledger(None, "UTC")
+    start, end = month_bounds("2026-11", ZoneInfo("UTC"))
+    window = (ts("2026-11-14T22:00:00+00:00"), ts("2026-11-15T00:00:00+00:00"))
+    outage = ts("2026-11-14T23:00:00+00:00")  # the last hour of the window and the next
+    down = lambda t: outage <= t < outage + 7200  # noqa: E731
+    settle(ledger, "api", start - 60, windows=[window])
+    run_schedule(ledger, "api", 60, start - 60, end, down)
+    settle(ledger, "api", end, windows=[window])
+    figures = ledger.figures("api", "2026-11", end)
+    assert figures.seconds["maintenance"] == 2 * 3_600_000
+    assert figures.seconds["down"] == 3_600_000  # only the hour after the window
+    assert figures.budget == (30 * DAY - 2 * 3_600_000) // 100
+
+
 def test_the_month_monitoring_began_counts_from_the_first_slot_not_the_first_probe() -> None:
     ledger = Ledger(None, "UTC")
     start, end = month_bounds("2026-11", ZoneInfo("UTC"))
@@ -276,7 +291,6 @@ def test_the_month_monitoring_began_counts_from_the_first_slot_not_the_first_pro
 def test_a_whole_month_without_probes_is_reported_down_under_the_down_policy() -> None:
     ledger = Ledger(None, "Europe/Zurich")
     october, _ = month_bounds("2026-10", ZURICH)
-    november, december = month_bounds("2026-11", ZURICH)
     settle(ledger, "api", october)
     run_schedule(ledger, "api", 60, october, ts("2026-10-31T12:00:00+01:00"))
     back = ts("2026-12-02T09:00:00+01:00")

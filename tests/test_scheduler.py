@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sla_exporter.config import Config, Service, parse
+from sla_exporter.ledger import ms, slot
 from sla_exporter.probes import ProbeResult, Reason
 from sla_exporter.scheduler import Scheduler
-from sla_exporter.ledger import ms, slot
 from tests.fakes import WALL_OFFSET, FakeClock
 
 
@@ -98,7 +98,7 @@ async def test_the_global_concurrency_cap_holds_and_waiting_counts_as_lag() -> N
     clock = FakeClock()
     probe = Recorder(clock, busy=10.0)
     lags: dict[str, float] = {}
-    scheduler, results = scheduler_for(
+    scheduler, _ = scheduler_for(
         clock,
         probe,
         max_concurrency=2,

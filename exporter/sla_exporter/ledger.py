@@ -269,13 +269,11 @@ _KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 class _MonthFile(_Model):
-    runs: list[tuple[int, int, bool, list[str]]] = []
-    maintenance: list[tuple[int, int]] = []
-    terms: list[tuple[int, float, Policy]] = []
-    carried: dict[
-        Literal["up", "down", "unknown", "excluded", "maintenance", "unmonitored"], int
-    ] = {}
-    carried_until: int = 0
+    runs: list[tuple[StrictInt, StrictInt, StrictBool, list[StrictStr]]] = []
+    maintenance: list[tuple[StrictInt, StrictInt]] = []
+    terms: list[tuple[StrictInt, StrictFloat, Policy]] = []
+    carried: dict[State, StrictInt] = {}
+    carried_until: StrictInt = 0
 
 
 class _ServiceFile(_Model):
