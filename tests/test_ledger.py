@@ -444,7 +444,7 @@ def test_a_bad_ledger_file_is_refused_with_what_is_wrong_and_left_untouched(
         Ledger(path, "UTC")
     assert str(path) in str(refused.value)
     assert message in str(refused.value)
-    assert "move it aside" in str(refused.value)
+    assert "--storage.recover-from" in str(refused.value)
     assert path.read_text() == content
 
 

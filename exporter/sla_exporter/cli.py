@@ -60,7 +60,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--storage.path",
         dest="storage_path",
         default="data/sla-ledger.json",
-        help="file keeping calendar-month tallies across restarts; empty keeps them in memory only",
+        help="the month ledger, kept across restarts; empty keeps it in memory only",
+    )
+    parser.add_argument(
+        "--storage.recover-from",
+        dest="recover_from",
+        default=None,
+        metavar="URL",
+        help="Prometheus to resume lost or missing months from (its sla_month_* series), at start",
+    )
+    parser.add_argument(
+        "--storage.recover-match",
+        dest="recover_match",
+        default='{job="sla"}',
+        metavar="SELECTOR",
+        help='this exporter\'s series in that Prometheus, e.g. \'{job="sla",location="zrh"}\'',
     )
     parser.add_argument(
         "--probes.max-concurrency",
@@ -194,6 +208,7 @@ async def serve(
         freeze_gc=True,  # this process is the exporter's alone
         shard=args.shard,
         load_elsewhere=True,  # parse the SLA file in a child process (see exporter.py)
+        recover_from=(args.recover_from, args.recover_match) if args.recover_from else None,
     )
     await exporter.start()
     runner = web.AppRunner(app(exporter, web_config), access_log=None)

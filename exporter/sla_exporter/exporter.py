@@ -18,6 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import config as config_mod
+from . import recovery
 from .collector import Health, ServiceCollector
 from .config import Config, ConfigError, ConfigInvalid, Service
 from .ledger import Ledger
@@ -135,12 +136,14 @@ class Exporter:
         freeze_gc: bool = False,
         shard: Shard = Shard(),
         load_elsewhere: bool = False,
+        recover_from: tuple[str, str] | None = None,
     ) -> None:
         self.config_path = config_path
         self.freeze_gc = freeze_gc
         self.shard = shard
         self.load_elsewhere = load_elsewhere
         self.storage_path = storage_path
+        self.recover_from = recover_from  # (Prometheus URL, selector) to resume months from
         self.clock = clock or SystemClock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry, str(shard.index), str(shard.count))
@@ -195,14 +198,17 @@ class Exporter:
         self._flusher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
-    async def start(self, ledger: Ledger | None = None) -> None:
+    async def start(self) -> None:
         """Load the config (raising ConfigInvalid if it is bad) and start probing.
 
         The month ledger is read from --storage.path (LedgerInvalid, a RuntimeError, if it
-        cannot be used), or is `ledger` when the caller prepared one (a recovery)."""
+        cannot be used), then completed from Prometheus if asked (RecoveryFailed, likewise)."""
         config = await self._load()
         await self.support.apply(config)  # SupportUnavailable (a RuntimeError) is fatal here
-        self.ledger = ledger or Ledger(self.storage_path, config.sla.timezone)
+        ledger = Ledger(self.storage_path, config.sla.timezone)
+        if self.recover_from is not None:
+            await recovery.recover(ledger, *self.recover_from)
+        self.ledger = ledger
         self._apply(config)
         # Written at once: an unwritable folder shows now, in a metric and in /-/ready, not at
         # the first flush or at shutdown.

@@ -607,6 +607,33 @@ class Ledger:
                 return False
         return True
 
+    def recover(self, service: str, key: str, seconds: dict[str, int], objective: float) -> bool:
+        """Take month `key` of `service` from totals (ms per state) that Prometheus holds, when
+        they account for more of the month than this ledger does: they stand for the month from
+        its start up to the time they add up to, and results after that count on from there.
+        Return whether they were taken."""
+        start, end = self.bounds(key)
+        total = sum(seconds.get(state, 0) for state in STATES)
+        until = min(end, start + total)
+        book = self.books.setdefault(service, ServiceBook())
+        if key in book.months and self.figures(service, key, until / 1000).end >= until:
+            return False
+        unmonitored = seconds.get("unmonitored", 0)
+        policy: Policy = "excluded" if seconds.get("excluded") else "down"
+        month = book.months[key] = Month(
+            terms=[Term(start, objective, policy)],
+            carried={state: seconds.get(state, 0) for state in STATES},
+            carried_until=until,
+        )
+        month.version += 1
+        if unmonitored < total:
+            since = start + unmonitored
+            book.since = since if book.since is None else min(book.since, since)
+        book.committed = max(book.committed or 0, until)
+        self.horizon = max(self.horizon, until)
+        self._dirty = True
+        return True
+
     def prune(self) -> None:
         """Drop months older than the kept window.
 
@@ -730,6 +757,7 @@ class Ledger:
 
 _ADVICE = (
     "the exporter does not start over on its own, which would erase the months it holds: "
-    "restore a good copy of the file, or move it aside to begin the months afresh (the time "
-    "since the last good copy is then unknown)"
+    "restore a good copy of the file, or move it aside and start with "
+    "--storage.recover-from=<Prometheus URL> to resume the months from the series Prometheus "
+    "holds (docs/OPERATIONS.md)"
 )
