@@ -926,20 +926,23 @@ def exporter_metrics(now: float) -> str:
         families.setdefault("sla_probe_failure_reasons_total", []).append(
             f'sla_probe_failure_reasons_total{{{labels},reason="timeout"}} {failures}'
         )
-        for month, slots, tallies in (
-            ("2026-11", 43200, (14000, 3, 400, 14400)),
-            ("2026-10", 44640, (44640, 500, 0, 44640)),
+        # Ten days into November (minutes): 180 down, 60 unknown, 400 in maintenance;
+        # October, over: 500 down minutes of 44,640.
+        for month, states, budget in (
+            ("2026-11", {"up": 13760, "down": 180, "unknown": 60, "maintenance": 400}, 25_680),
+            ("2026-10", {"up": 44140, "down": 500}, 26_784),
         ):
-            probed, failed, maintenance, elapsed = tallies
+            of = f'{labels},month="{month}"'
+            for state in ("up", "down", "unknown", "excluded", "maintenance", "unmonitored"):
+                families.setdefault("sla_month_seconds", []).append(
+                    f'sla_month_seconds{{{of},state="{state}"}} {states.get(state, 0) * 60}'
+                )
             for name, value in (
-                ("sla_month_probes", probed),
-                ("sla_month_probe_failures", failed),
-                ("sla_month_maintenance_probes", maintenance),
-                ("sla_month_slots", slots),
+                ("sla_month_error_budget_seconds", budget),
+                ("sla_month_objective_ratio", 0.99),
                 ("sla_month_slot_seconds", 60),
-                ("sla_month_elapsed_slots", elapsed),
             ):
-                families.setdefault(name, []).append(f'{name}{{{labels},month="{month}"}} {value}')
+                families.setdefault(name, []).append(f"{name}{{{of}}} {value}")
     for name, samples in families.items():
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# TYPE {name.removesuffix('_total') if kind == 'counter' else name} {kind}"]
