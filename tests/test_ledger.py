@@ -8,6 +8,7 @@ same through the running exporter.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,10 +16,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sla_exporter.ledger import (
     Ledger,
     LedgerInvalid,
+    Month,
     month_bounds,
     month_key,
     ms,
@@ -472,3 +476,23 @@ def test_a_service_not_probed_yet_has_no_unknown_time_behind_it() -> None:
     figures = ledger.figures("web", "2026-11", now)
     assert figures.seconds["unknown"] == 0
     assert figures.seconds["unmonitored"] == ms(now - month_bounds("2026-11", ZoneInfo("UTC"))[0])
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 60), st.integers(1, 25), st.booleans()), min_size=1, max_size=10
+    )
+)
+def test_each_moment_keeps_the_first_result_that_covered_it(
+    fills: list[tuple[int, int, bool]],
+) -> None:
+    month = Month()
+    painted: dict[int, bool] = {}
+    for start, length, up in fills:
+        new = [t for t in range(start, start + length) if t not in painted]
+        assert month.fill(start, start + length, up, None) == len(new)
+        painted.update({t: up for t in new})
+    assert {t: r.up for r in month.runs for t in range(r.start, r.end)} == painted
+    for before, after in itertools.pairwise(month.runs):  # sorted, disjoint, merged
+        assert before.end <= after.start
+        assert not (before.end == after.start and before.up == after.up)

@@ -174,52 +174,36 @@ class Month:
 
     def fill(self, start: int, end: int, up: bool, reason: str | None) -> int:
         """Cover the part of [start, end) no result covers yet; return the milliseconds added."""
-        runs = self.runs
         start = max(start, self.carried_until)
         if start >= end:
             return 0
-        if not runs or runs[-1].end <= start:  # the usual case: the newest slot, at the end
-            self._put(len(runs), start, end, up, reason)
-            return end - start
-        added = 0
-        i = bisect_right([r.start for r in runs], start) - 1
-        cursor = start
-        if i >= 0 and runs[i].end > cursor:
-            cursor = runs[i].end
-        i += 1
-        while cursor < end:
-            limit = runs[i].start if i < len(runs) else end
-            if limit > cursor:
-                gap_end = min(limit, end)
-                i = self._put(i, cursor, gap_end, up, reason)
-                added += gap_end - cursor
-            if i >= len(runs):
-                break
-            cursor = max(cursor, runs[i].end)
-            i += 1
-        return added
+        runs = self.runs
+        if runs and runs[-1].end > start:  # overlapping what is there: fill only its gaps
+            spans = [(r.start, r.end) for r in runs if r.end > start and r.start < end]
+            gaps = _minus([(start, end)], spans)
+        else:  # the usual case: the newest slot, after everything else
+            gaps = [(start, end)]
+        for a, b in gaps:
+            self._put(a, b, up, reason)
+        return _length(gaps)
 
-    def _put(self, i: int, start: int, end: int, up: bool, reason: str | None) -> int:
-        """Insert [start, end) before runs[i], merging with equal neighbours; return the index
-        just past the run that now holds it."""
+    def _put(self, start: int, end: int, up: bool, reason: str | None) -> None:
+        """Insert [start, end) (covered by no run) in order, merged with equal neighbours."""
         runs = self.runs
         self.version += 1
-        reasons = {reason} if reason else set()
+        run = Run(start, end, up, {reason} if reason else set())
+        i = len(runs)
+        if i and runs[-1].start > start:
+            i = bisect_right([r.start for r in runs], start)
+        runs.insert(i, run)
+        if i + 1 < len(runs) and runs[i + 1].start == end and runs[i + 1].up == up:
+            run.end = runs[i + 1].end
+            run.reasons |= runs[i + 1].reasons
+            del runs[i + 1]
         if i > 0 and runs[i - 1].end == start and runs[i - 1].up == up:
-            run = runs[i - 1]
-            run.end = end
-            run.reasons |= reasons
-            if i < len(runs) and runs[i].start == end and runs[i].up == up:
-                run.end = runs[i].end
-                run.reasons |= runs[i].reasons
-                del runs[i]
-            return i
-        if i < len(runs) and runs[i].start == end and runs[i].up == up:
-            runs[i].start = start
-            runs[i].reasons |= reasons
-            return i + 1
-        runs.insert(i, Run(start, end, up, reasons))
-        return i + 1
+            runs[i - 1].end = run.end
+            runs[i - 1].reasons |= run.reasons
+            del runs[i]
 
     def term_at(self, at: int) -> Term | None:
         found = None
@@ -694,13 +678,16 @@ class Ledger:
         upto = min(now, end)
         if pending_from is not None:  # the current slot is decided when it is over
             upto = max(start, min(upto, ms(pending_from)))
-        terms = list(month.terms)
-        if objective is not None and (
-            not terms or (terms[-1].objective, terms[-1].unknown) != (objective, unknown)
-        ):
-            terms.append(Term(max(start, book.committed or start), objective, unknown))
-        if not terms:
-            terms = [Term(start, 0.99, "down")]
+        # The terms recorded in the month; a month nothing was recorded in yet (the exporter was
+        # down across it) runs on the terms in force before it.
+        terms = list(month.terms) or [
+            Term(start, last.objective, last.unknown)
+            for last in [self._last_term(book) or Term(start, objective or 0.99, unknown)]
+        ]
+        # Time `advance()` has not recorded yet runs on the settings given, if they differ.
+        now_objective = terms[-1].objective if objective is None else objective
+        if (terms[-1].objective, terms[-1].unknown) != (now_objective, unknown):
+            terms.append(Term(max(start, book.committed or start), now_objective, unknown))
         seconds = dict.fromkeys(STATES, 0)
         budget = Fraction(0)
         for state, value in month.carried.items():
