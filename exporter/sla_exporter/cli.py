@@ -18,6 +18,7 @@ from aiohttp import web
 from . import __version__, webconfig
 from . import config as config_mod
 from .config import ConfigInvalid
+from .durations import parse_duration
 from .exporter import Exporter, Shard
 from .web import make_app
 from .webconfig import WebConfigFile
@@ -30,6 +31,13 @@ log = logging.getLogger("sla_exporter")
 # loop stays the fallback where uvloop is not installed (Windows) and the choice for debugging.
 EVENT_LOOPS = ("uvloop", "asyncio")
 DEFAULT_EVENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -75,6 +83,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default='{job="sla"}',
         metavar="SELECTOR",
         help='this exporter\'s series in that Prometheus, e.g. \'{job="sla",location="zrh"}\'',
+    )
+    parser.add_argument(
+        "--location",
+        dest="location",
+        default=None,
+        metavar="NAME",
+        help="the location this exporter probes from, one of the SLA file's `locations:`",
+    )
+    parser.add_argument(
+        "--locations.refresh-interval",
+        dest="pool_interval",
+        type=_duration,
+        default="1m",
+        metavar="DURATION",
+        help="how often the other locations' months are read for the pooled month figure",
     )
     parser.add_argument(
         "--probes.max-concurrency",
@@ -209,6 +232,8 @@ async def serve(
         shard=args.shard,
         load_elsewhere=True,  # parse the SLA file in a child process (see exporter.py)
         recover_from=(args.recover_from, args.recover_match) if args.recover_from else None,
+        location=args.location,
+        pool_interval=args.pool_interval,
     )
     await exporter.start()
     runner = web.AppRunner(app(exporter, web_config), access_log=None)

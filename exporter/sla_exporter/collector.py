@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .config import Config
-from .ledger import STATES, Ledger, ms, slot
+from .ledger import STATES, Figures, Ledger, ms, slot
 from .store import ServiceState, Store
 
 # Label for the service name: `service`, `instance`, `job` and `env` are taken by target labels.
@@ -187,6 +187,19 @@ FAMILIES = (
         "The calendar month's objective: the objectives in force during it, weighted by time.",
         ("month", SERVICE),
     ),
+    POOLED_SECONDS := Family(
+        "sla_month_pooled_seconds",
+        GAUGE,
+        "Time of the calendar month in each state pooled across every location of the SLA "
+        "file under the quorum (more than half of those that know a moment saw it down).",
+        ("month", SERVICE, "state"),
+    ),
+    POOLED_BUDGET := Family(
+        "sla_month_pooled_error_budget_seconds",
+        GAUGE,
+        "Down and unknown time the whole calendar month allows, pooled across locations.",
+        ("month", SERVICE),
+    ),
     MONTH_SLOT := Family(
         "sla_month_slot_seconds",
         GAUGE,
@@ -248,8 +261,10 @@ class ServiceCollector(Collector):
         ledger: Callable[[], Ledger | None],
         config: Callable[[], Config | None],
         clock: Callable[[], float] = time.time,
+        pooled: Callable[[], dict[str, dict[str, Figures]]] = dict,
     ) -> None:
         self.store = store
+        self.pooled = pooled
         self.ledger = ledger
         self.config = config
         self.clock = clock
@@ -290,7 +305,7 @@ class ServiceCollector(Collector):
         add[_INDEX[SLA_INFO]](f"sla_info{{{sla}}} 1.0\n")
         unknown = 1.0 if config.sla.unknown == "down" else 0.0
         add[_INDEX[UNKNOWN]](f"sla_unknown_as_down {unknown}\n")
-        months = _Months(ledger, config, now, add) if ledger is not None else None
+        months = _Months(ledger, config, now, add, self.pooled()) if ledger is not None else None
 
         # Each family's lines are "name{labels} value"; counters' samples end in _total.
         (
@@ -398,9 +413,18 @@ class _Months:
     """The month families of each service, from the ledger as it is now."""
 
     def __init__(
-        self, ledger: Ledger, config: Config, now: float, add: list[Callable[[str], None]]
+        self,
+        ledger: Ledger,
+        config: Config,
+        now: float,
+        add: list[Callable[[str], None]],
+        pooled: dict[str, dict[str, Figures]],
     ) -> None:
         self.ledger = ledger
+        self.pooled = pooled
+        self.pooled_seconds, self.pooled_budget = add[
+            _INDEX[POOLED_SECONDS] : _INDEX[POOLED_BUDGET] + 1
+        ]
         self.config = config
         self.now = now
         self.current = ledger.key(ledger.now(now))
@@ -410,9 +434,10 @@ class _Months:
             for name in window.services:
                 span = (window.start.timestamp(), window.end.timestamp())
                 self.windows.setdefault(name, []).append(span)
-        self.seconds, self.budget, self.objective, self.slot = add[
-            _INDEX[MONTH_SECONDS] : _INDEX[MONTH_SLOT] + 1
+        self.seconds, self.budget, self.objective = add[
+            _INDEX[MONTH_SECONDS] : _INDEX[MONTH_OBJECTIVE] + 1
         ]
+        self.slot = add[_INDEX[MONTH_SLOT]]
         self.starts, self.ends = add[_INDEX[MONTH_START]], add[_INDEX[MONTH_END]]
 
     def add(self, state: ServiceState) -> None:
@@ -440,6 +465,15 @@ class _Months:
             )
             self.objective(f"sla_month_objective_ratio{{{labels}}} {number(figures.objective)}\n")
             self.slot(f"sla_month_slot_seconds{{{labels}}} {number(interval)}\n")
+        for key, figures in self.pooled.get(name, {}).items():
+            labels = f'month="{key}",{label}'
+            for kind in STATES:
+                value = number(figures.seconds[kind] / 1000)
+                self.pooled_seconds(
+                    f'sla_month_pooled_seconds{{{labels},state="{kind}"}} {value}\n'
+                )
+            budget = number(figures.budget / 1000)
+            self.pooled_budget(f"sla_month_pooled_error_budget_seconds{{{labels}}} {budget}\n")
 
     def bounds_families(self) -> None:
         for key, (start, end) in self.bounds.items():

@@ -588,10 +588,33 @@ class Maintenance(Model):
         return service in self.services and self.start <= when < self.end
 
 
+class BasicAuth(Model):
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class Location(Model):
+    """The exporter probing from one location, whose months the pooled figure reads."""
+
+    url: URL  # its base URL, e.g. https://sla-fra.example.net:9141
+    basic_auth: BasicAuth | None = None  # if its --web.config.file asks for it
+    tls: TLS = TLS()
+
+
+def _locations(locations: dict[str, Location]) -> dict[str, Location]:
+    if len(locations) == 1:
+        raise _custom(
+            "locations", "must name every location's exporter, this one included (two or more)"
+        )
+    return locations
+
+
 class Config(Model):
     sla: SLA
     services: dict[ServiceName, Service] = Field(min_length=1)
     maintenance: list[Maintenance] = []
+    # Every location's exporter, for one month figure per service across them (pool.py).
+    locations: Annotated[dict[ServiceName, Location], AfterValidator(_locations)] = {}
     # Ticket clocks in business hours (support_config.py); resolved once both modules loaded.
     support: support_config.SupportConfig | None = None
 

@@ -22,6 +22,8 @@ from . import recovery
 from .collector import Health, ServiceCollector
 from .config import Config, ConfigError, ConfigInvalid, Service
 from .ledger import Ledger
+from .pool import INTERVAL as POOL_INTERVAL
+from .pool import Pool
 from .probes import ProbeResult
 from .probes.base import EXPORTER_FAULTS
 from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
@@ -137,6 +139,8 @@ class Exporter:
         shard: Shard = Shard(),
         load_elsewhere: bool = False,
         recover_from: tuple[str, str] | None = None,
+        location: str | None = None,
+        pool_interval: float = POOL_INTERVAL,
     ) -> None:
         self.config_path = config_path
         self.freeze_gc = freeze_gc
@@ -144,6 +148,10 @@ class Exporter:
         self.load_elsewhere = load_elsewhere
         self.storage_path = storage_path
         self.recover_from = recover_from  # (Prometheus URL, selector) to resume months from
+        self.location = location  # this exporter's name in the SLA file's `locations:`
+        self.pool_interval = pool_interval
+        self.pool: Pool | None = None  # the month pooled across locations, when they are named
+        self._pooler: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry, str(shard.index), str(shard.count))
@@ -190,7 +198,11 @@ class Exporter:
         # Not in the registry: /metrics writes the services' series itself, pausing for the
         # event loop as it goes (web.py); the registry holds what is small.
         self.services = ServiceCollector(
-            self.store, lambda: self.ledger, lambda: self.config, self.clock.time
+            self.store,
+            lambda: self.ledger,
+            lambda: self.config,
+            self.clock.time,
+            lambda: self.pool.figures if self.pool is not None else {},
         )
         # Ticket clocks (the `support:` section); renders nothing while it is not configured.
         self.support = SupportDesk(self.clock.time)
@@ -204,6 +216,7 @@ class Exporter:
         The month ledger is read from --storage.path (LedgerInvalid, a RuntimeError, if it
         cannot be used), then completed from Prometheus if asked (RecoveryFailed, likewise)."""
         config = await self._load()
+        self._check_location(config)  # ValueError: fatal at start, a failed reload later
         await self.support.apply(config)  # SupportUnavailable (a RuntimeError) is fatal here
         ledger = Ledger(self.storage_path, config.sla.timezone)
         if self.recover_from is not None:
@@ -215,12 +228,15 @@ class Exporter:
         self.ledger.mark_dirty()
         await self._write_ledger()
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flush")
+        if self.pool is not None:
+            self._pooler = asyncio.create_task(self._pool_forever(), name="month-pool")
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._flusher, self._pooler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.scheduler.stop()
         await self.support.close()
         if self.ledger is not None:
@@ -276,7 +292,11 @@ class Exporter:
             try:
                 config = await self._load(in_thread=True)
                 try:
+                    self._check_location(config)
                     await self.support.apply(config)
+                except ValueError as wrong:
+                    error = ConfigError(self.config_path, 0, "locations", str(wrong))
+                    raise ConfigInvalid(self.config_path, [error]) from wrong
                 except SupportUnavailable as unavailable:
                     error = ConfigError(self.config_path, 0, "support.database", str(unavailable))
                     raise ConfigInvalid(self.config_path, [error]) from unavailable
@@ -319,6 +339,12 @@ class Exporter:
             self.ledger.set_timezone(config.sla.timezone)
             self._advance()  # the new settings take effect from now
         self.scheduler.apply(config)
+        if config.locations and self.location is not None:
+            if self.pool is None:
+                self.pool = Pool(self.location, lambda: self.ledger)
+            self.pool.configure(config)
+        else:
+            self.pool = None
         if self.freeze_gc:
             # The config, its services and their tasks live until the next reload: taken out of
             # the cyclic garbage collector's sight, a full collection no longer walks them all
@@ -331,6 +357,29 @@ class Exporter:
         self.health.reload_ok.set(1)
         self.health.reload_time.set(self.clock.time())
         self.last_reload_error = ""
+
+    def _check_location(self, config: Config) -> None:
+        """With `locations:` in the SLA file, --location must name one of them."""
+        if not config.locations:
+            return
+        if self.location is None:
+            raise ValueError(
+                "the SLA file names locations (" + ", ".join(config.locations) + "): start the "
+                "exporter with --location NAME, the one it probes from"
+            )
+        if self.location not in config.locations:
+            raise ValueError(
+                f"--location {self.location} is not one of the SLA file's locations ("
+                + ", ".join(config.locations)
+                + ")"
+            )
+
+    async def _pool_forever(self) -> None:
+        while True:
+            config, pool = self.config, self.pool
+            if config is not None and pool is not None:
+                await pool.refresh(config, self.clock.time())
+            await asyncio.sleep(self.pool_interval)
 
     def windows(self, name: str) -> list[tuple[float, float]]:
         """The declared maintenance windows of service `name` (unix times)."""

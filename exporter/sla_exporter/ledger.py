@@ -657,20 +657,23 @@ class Ledger:
         future_maintenance: Iterable[tuple[float, float]] = (),
         objective: float | None = None,
         unknown: Policy = "down",
+        book: ServiceBook | None = None,
     ) -> Figures:
         """Month `key` of `service` as it stands at `clock`.
 
         `pending_from`: start of the service's current slot; the month is counted up to there,
         so figures change once a slot and the slot whose probe is due or running is not
-        unknown. `future_maintenance` (the
-        declared windows, unix times), `objective` and `unknown`: the settings in force now,
-        for time `advance()` has not recorded yet and for the part of the month still to come.
+        unknown. `future_maintenance` (the declared windows, unix times), `objective` and
+        `unknown`: the settings in force now, for time `advance()` has not recorded yet and for
+        the part of the month still to come. `book`: count that book instead of the service's
+        own (the month pooled across locations, pool.py).
         """
         now = self.now(clock)
         start, end = self.bounds(key)
-        book = self.books.get(service) or ServiceBook()
+        own = book is None
+        book = book or self.books.get(service) or ServiceBook()
         month = book.months.get(key) or Month()
-        final = end <= now and end <= (book.committed or 0)
+        final = own and end <= now and end <= (book.committed or 0)
         if final:
             cached = self._final.get((service, key))
             if cached is not None and cached[0] == month.version:

@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from . import __version__
 from .exporter import Exporter
+from .pool import MONTHS_PATH, months_document
 from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
 
@@ -108,6 +109,7 @@ def make_app(
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)
     app.router.add_post(EVENTS_PATH, events_handler(exporter.support))
+    app.router.add_get(MONTHS_PATH, months)
     return app
 
 
@@ -135,6 +137,16 @@ async def metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
         headers[hdrs.CONTENT_ENCODING] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+async def months(request: web.Request) -> web.Response:
+    """This location's spans of every service's kept months, for the other locations' pooled
+    month (pool.py). Behind the same basic auth and TLS as /metrics."""
+    exporter = request.app[EXPORTER_KEY]
+    if exporter.ledger is None:
+        return web.Response(status=503, text="Not ready: no month ledger yet.\n")
+    document = months_document(exporter.ledger, exporter.location or "")
+    return web.json_response(document)
 
 
 async def healthy(request: web.Request) -> web.Response:
