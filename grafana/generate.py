@@ -686,11 +686,19 @@ def overview(settings: Settings) -> Json:
         ),
         stat(
             "Availability this month",
-            "Month-to-date availability as the SLA counts it, per location: failed slots "
-            "(failed probes outside maintenance, plus unknown slots if the SLA counts them as "
-            "down) over counted slots. Green at or above the service's objective, red below. "
-            "Rule: sla_service_location_month:sla_availability:ratio.",
+            "Month-to-date availability as the SLA counts it: down time (plus time no probe "
+            "covered, if the SLA counts it as down) over the time that counts, maintenance left "
+            "out. 'all locations' is the service's one figure (pooled across the SLA file's "
+            "locations, or the only location's); the others are per location. Green at or above "
+            "the service's objective, red below. Rules: sla_service_month:sla_availability:ratio, "
+            "sla_service_location_month:sla_availability:ratio.",
             "percentunit",
+            Q(
+                f"sla_service_month:sla_availability:ratio{{{SVC}}} "
+                "and on (month) location_month:sla_month_current:bool",
+                "all locations",
+                instant=True,
+            ),
             Q(
                 f"sla_service_location_month:sla_availability:ratio{{{SVC}, {LOC}}} "
                 f"{CURRENT_MONTH}",
@@ -706,7 +714,8 @@ def overview(settings: Settings) -> Json:
         stat(
             "Error budget left (time)",
             "Downtime still allowed this month before the objective is breached, per location: "
-            "budget slots minus failed slots, times the slot length. Negative once overspent. "
+            "the month's budget minus its down (and counted unknown) time. Negative once "
+            "overspent. "
             "Rule: sla_service_location_month:error_budget_remaining:seconds.",
             "s",
             Q(
@@ -754,7 +763,8 @@ def overview(settings: Settings) -> Json:
         stat(
             "Projected at month end",
             "Availability at the end of the month if the rest of the month fails at the "
-            "month-to-date rate, per location. Green at or above the objective. "
+            "month-to-date rate, per location. Empty until a day of the month has counted: a "
+            "rate over a few hours predicts nothing. Green at or above the objective. "
             "Rule: sla_service_location_month:projected_sla_availability:ratio.",
             "percentunit",
             Q(
@@ -771,14 +781,13 @@ def overview(settings: Settings) -> Json:
         ),
         stat(
             "Unknown time",
-            "Time this month in which no probe ran (exporter down or stuck), per location. It "
-            "counts as downtime if the SLA file says `sla.unknown: down` (the default), and is "
-            "left out with `excluded`. Rules: sla_service_location_month:unknown_slots:count "
-            "x slot:seconds.",
+            "Time this month that no probe result covers (exporter down or stuck), per "
+            "location. It counts as downtime if the SLA file says `sla.unknown: down` (the "
+            "default), and is left out with `excluded`. Rule: "
+            "sla_service_location_month:unknown:seconds.",
             "s",
             Q(
-                f"sla_service_location_month:unknown_slots:count{{{SVC}, {LOC}}} "
-                f"* sla_service_location_month:slot:seconds{{{SVC}, {LOC}}} {CURRENT_MONTH}",
+                f"sla_service_location_month:unknown:seconds{{{SVC}, {LOC}}} {CURRENT_MONTH}",
                 "{{location}}",
                 instant=True,
             ),
@@ -793,8 +802,9 @@ def overview(settings: Settings) -> Json:
         table(
             "Previous months",
             "The final figures of every finished month the exporter keeps (13 months, from its "
-            "own tallies, so they survive Prometheus' retention), per service and location. "
-            "Compliance compares whole failed slots with whole budget slots "
+            "own month ledger, so they survive Prometheus' retention), per service and "
+            "location. Compliance compares the month's failed time with its exact budget, "
+            "each month under the objective it ran under "
             "(sla_service_location_month:sla_met:bool).",
             [
                 Column(
@@ -823,8 +833,7 @@ def overview(settings: Settings) -> Json:
                 ),
                 Column(
                     "Unknown time",
-                    f"sla_service_location_month:unknown_slots:count{{{SVC}, {LOC}}} "
-                    f"* sla_service_location_month:slot:seconds{{{SVC}, {LOC}}} {previous}",
+                    f"sla_service_location_month:unknown:seconds{{{SVC}, {LOC}}} {previous}",
                     "s",
                 ),
             ],
@@ -1044,8 +1053,8 @@ def service_detail(settings: Settings) -> Json:
         ),
         stat(
             "Downtime this month",
-            "Failed slots this month times the slot length, per location "
-            "(sla_service_location_month:downtime:seconds).",
+            "Down time this month, plus the time no probe covered if the SLA counts it as down, "
+            "per location (sla_service_location_month:downtime:seconds).",
             "s",
             Q(
                 f"sla_service_location_month:downtime:seconds{by_loc} {CURRENT_MONTH}",

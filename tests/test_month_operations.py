@@ -57,7 +57,7 @@ def month(exp: Exporter, name: str, clock: FakeClock) -> dict[str, int]:
     now = clock.time()
     key = exp.ledger.months(name, now)[-1]
     interval = exp.config.services[name].interval
-    pending = slot(name, ms(interval), ms(now)) / 1000
+    pending = slot(name, ms(interval), exp.ledger.now(now)) / 1000
     return exp.ledger.figures(name, key, now, pending_from=pending).seconds
 
 
@@ -172,4 +172,42 @@ async def test_a_probe_task_that_fails_unexpectedly_is_counted_reported_and_resu
     probe.raises.clear()
     await clock.advance(700)  # ten minutes after the last failure, ready again
     assert exp.readiness() == []
+    await exp.stop()
+
+
+class SteppingClock(FakeClock):
+    """A fake clock whose wall time an operator (or NTP) can set apart from the monotonic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+
+async def test_a_clock_set_back_ten_days_rewrites_no_month_and_probing_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "sla.yml"
+    write_config(config)
+    clock = SteppingClock()
+    probe = Probe(clock)
+    exp = exporter(config, clock, probe, tmp_path / "ledger.json")
+    await exp.start()
+    await clock.advance(600)
+    assert exp.ledger is not None
+    before = {name: month(exp, name, clock) for name in ("api", "web")}
+    runs = len(probe.runs["api"])
+    with caplog.at_level(logging.WARNING):
+        clock.offset = -10 * 86400.0
+        await clock.advance(300)
+    assert len(probe.runs["api"]) >= runs + 4  # probing went on, live metrics with it
+    refused = exp.refused.collect()[0].samples[0].value
+    assert refused >= 8  # both services' results for time already counted
+    assert "the wall clock moved by -864000" in caplog.text
+    assert "the month is not rewritten" in caplog.text
+    after = {name: month(exp, name, clock) for name in ("api", "web")}
+    assert after == before
+    assert exp.ledger.months("api", clock.time())[-1] == "2025-11"  # not the month of the clock
     await exp.stop()

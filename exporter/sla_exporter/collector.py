@@ -443,7 +443,8 @@ class _Months:
     def add(self, state: ServiceState) -> None:
         ledger, now, label, name = self.ledger, self.now, state.label, state.name
         interval = state.service.interval
-        pending = slot(name, ms(interval), ms(now)) / 1000
+        # The current slot by the ledger's clock, which never goes back behind time counted.
+        pending = slot(name, ms(interval), ledger.now(now)) / 1000
         for key in ledger.months(name, now):
             if key not in self.bounds:
                 self.bounds[key] = ledger.bounds(key)

@@ -566,6 +566,7 @@ class Ledger:
             )
             return 0
         book.since = a if book.since is None else min(book.since, a)
+        self.horizon = max(self.horizon, a)  # time goes on at least to the latest slot's start
         self._dirty = True
         if not known:
             return 0

@@ -198,7 +198,7 @@ class Pool:
         figures: dict[str, dict[str, Figures]] = {}
         for name, service in config.services.items():
             own = ledger.books.get(name) or ServiceBook()
-            pending = slot(name, ms(service.interval), ms(clock)) / 1000
+            pending = slot(name, ms(service.interval), ledger.now(clock)) / 1000
             months: dict[str, Figures] = {}
             for key in ledger.months(name, clock):
                 pooled = pool(
