@@ -21,6 +21,7 @@ exact. docs/RULES.md has the worked examples.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -54,6 +55,12 @@ FORMAT_VERSION = 2
 STATES = ("up", "down", "unknown", "excluded", "maintenance", "unmonitored")
 Policy = Literal["down", "excluded"]
 State = Literal["up", "down", "unknown", "excluded", "maintenance", "unmonitored"]
+
+
+@functools.cache
+def allowance(objective: float) -> Fraction:
+    """1 - objective, exactly as written (0.99 is 1/100, not 0.010000000000000009)."""
+    return 1 - Fraction(str(objective))
 
 
 def month_key(timestamp: float, zone: ZoneInfo) -> str:
@@ -323,6 +330,7 @@ class Ledger:
         self.clock_steps_back = 0  # results refused because the clock went back
         self._dirty = False
         self._bounds: dict[str, tuple[int, int]] = {}
+        self._last_key = ("", 0, 0)
         self._final: dict[tuple[str, str], tuple[int, Figures]] = {}  # finished months
         if path is not None and path.exists():
             self._read(path)
@@ -451,6 +459,7 @@ class Ledger:
         self.zone = ZoneInfo(timezone)
         self._bounds.clear()
         self._final.clear()
+        self._last_key = ("", 0, 0)
 
     def bounds(self, key: str) -> tuple[int, int]:
         bounds = self._bounds.get(key)
@@ -460,7 +469,14 @@ class Ledger:
         return bounds
 
     def key(self, at: int) -> str:
-        return month_key(at / 1000, self.zone)
+        """The month (ms) `at` falls in; the month asked last is remembered (most calls are for
+        the running month, and a date computation costs more than the rest of a figure)."""
+        key, start, end = self._last_key
+        if not start <= at < end:
+            key = month_key(at / 1000, self.zone)
+            start, end = self.bounds(key)
+            self._last_key = (key, start, end)
+        return key
 
     def now(self, clock: float) -> int:
         """The accounting time: the clock, but never before a time already accounted."""
@@ -693,13 +709,13 @@ class Ledger:
         if (terms[-1].objective, terms[-1].unknown) != (now_objective, unknown):
             terms.append(Term(max(start, book.committed or start), now_objective, unknown))
         seconds = dict.fromkeys(STATES, 0)
-        budget = Fraction(0)
+        counted_at: dict[float, int] = {}  # ms that count, by the objective in force then
         for state, value in month.carried.items():
             seconds[state] += value
         lo = max(start, month.carried_until)
         if month.carried_until > start:
             counted = month.carried["up"] + month.carried["down"] + month.carried["unknown"]
-            budget += (1 - Fraction(str(terms[0].objective))) * counted
+            counted_at[terms[0].objective] = counted
         since = book.since if book.since is not None else upto
         unmonitored_end = min(max(since, lo), upto)
         seconds["unmonitored"] += max(0, unmonitored_end - lo)
@@ -731,14 +747,19 @@ class Ledger:
             seconds["unknown" if term.unknown == "down" else "excluded"] += part
             counted = _length(_clip(covered, term_lo, term_end))
             counted += part if term.unknown == "down" else 0
-            budget += (1 - Fraction(str(term.objective))) * counted
+            counted_at[term.objective] = counted_at.get(term.objective, 0) + counted
         # Time still to come (the current slot included) counts toward the budget at today's
         # terms, but for declared maintenance.
         declared = _union([*month.maintenance, *((ms(a), ms(b)) for a, b in future_maintenance)])
         rest = _length(_minus([(upto, end)], declared))
-        budget += (1 - Fraction(str(terms[-1].objective))) * rest
+        last = terms[-1].objective
+        counted_at[last] = counted_at.get(last, 0) + rest
+        budget = sum(allowance(objective) * ms_ for objective, ms_ in counted_at.items())
         countable = seconds["up"] + seconds["down"] + seconds["unknown"] + rest
-        weighted = float(1 - budget / countable) if countable else terms[-1].objective
+        if len(counted_at) == 1:  # one objective all month: no division needed
+            [weighted] = counted_at
+        else:
+            weighted = float(1 - budget / countable) if countable else terms[-1].objective
         accounted = sum(seconds.values())
         figures = Figures(seconds, int(budget), weighted, start + accounted)
         if final:
