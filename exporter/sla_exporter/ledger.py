@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -52,9 +52,9 @@ from pydantic import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-STATES = ("up", "down", "unknown", "excluded", "maintenance", "unmonitored")
-Policy = Literal["down", "excluded"]
 State = Literal["up", "down", "unknown", "excluded", "maintenance", "unmonitored"]
+STATES: tuple[State, ...] = get_args(State)
+Policy = Literal["down", "excluded"]
 
 
 @functools.cache
@@ -86,6 +86,7 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # one per service and interval: md5 once, not per slot
 def phase(service: str, interval: int) -> int:
     """Where in each interval (ms) the slots of `service` begin: a hash of its name.
 
@@ -211,13 +212,6 @@ class Month:
             runs[i - 1].end = run.end
             runs[i - 1].reasons |= run.reasons
             del runs[i]
-
-    def term_at(self, at: int) -> Term | None:
-        found = None
-        for term in self.terms:
-            if term.start <= at:
-                found = term
-        return found
 
 
 @dataclass(frozen=True)
@@ -708,7 +702,7 @@ class Ledger:
         now_objective = terms[-1].objective if objective is None else objective
         if (terms[-1].objective, terms[-1].unknown) != (now_objective, unknown):
             terms.append(Term(max(start, book.committed or start), now_objective, unknown))
-        seconds = dict.fromkeys(STATES, 0)
+        seconds: dict[str, int] = dict.fromkeys(STATES, 0)
         counted_at: dict[float, int] = {}  # ms that count, by the objective in force then
         for state, value in month.carried.items():
             seconds[state] += value

@@ -101,7 +101,6 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.covered = covered
         self.on_crash = on_crash
-        self.clock_steps = 0
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, tuple[Service, asyncio.Task[None]]] = {}
         self._in_flight = 0
@@ -186,7 +185,6 @@ class Scheduler:
             if abs(step) > CLOCK_STEP:
                 # The wall clock was set: take the grid up again at the new time. The month
                 # accounting refuses results for time it has already counted.
-                self.clock_steps += 1
                 log.warning(
                     "the wall clock moved by %+.1fs; %s resumes at its slot now", step, name
                 )
