@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .support_collector import SupportCollector
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 10.0  # seconds of month accounting a crash may lose (that time becomes unknown)
+ADVANCE_BATCH = 1000  # services whose month is brought up to date between two event loop turns
 CRASH_NOT_READY = 600.0  # seconds /-/ready reports a service whose probe task failed unexpectedly
 
 
@@ -385,16 +387,17 @@ class Exporter:
         """The declared maintenance windows of service `name` (unix times)."""
         return self._windows.get(name, [])
 
-    def _advance(self) -> None:
-        """Record in the ledger the settings and declared maintenance in force up to now."""
+    def _advance(self, names: Iterable[str] | None = None) -> None:
+        """Record in the ledger the settings and declared maintenance in force up to now, for
+        `names` (every service by default)."""
         config, ledger = self.config, self.ledger
         if config is None or ledger is None:
             return
         now = self.clock.time()
-        for name in config.services:
-            ledger.advance(
-                now, name, config.objective(name), config.sla.unknown, self.windows(name)
-            )
+        for name in config.services if names is None else names:
+            if name in config.services:
+                objective, windows = config.objective(name), self.windows(name)
+                ledger.advance(now, name, objective, config.sla.unknown, windows)
 
     def _covered(self, name: str, start: float, end: float) -> bool:
         return self.ledger is not None and self.ledger.covered(name, start, end)
@@ -434,7 +437,10 @@ class Exporter:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            self._advance()
+            names = list(self.config.services) if self.config is not None else []
+            for i in range(0, len(names), ADVANCE_BATCH):  # probes due meanwhile start on time
+                self._advance(names[i : i + ADVANCE_BATCH])
+                await asyncio.sleep(0)
             await self._write_ledger()
 
     async def _write_ledger(self) -> None:
