@@ -78,7 +78,7 @@ def instrument(exporter: Exporter, app: web.Application) -> None:
         on_lag(name, seconds)
 
     def result(
-        name: str, service: Service, result: ProbeResult, maintenance: bool, start: float
+        name: str, service: Service, result: ProbeResult, maintenance: bool, start: float | None
     ) -> None:
         samples.durations.append(result.duration)
         samples.failures += not result.success

@@ -97,7 +97,8 @@ services:
       tls: {{ca_file: "{ca_file}"}}
   refused:
     interval: 1s
-    timeout: 800ms
+    timeout: 300ms
+    confirm: 200ms
     http: {{url: "http://127.0.0.1:9/"}}
 {extra}
 """

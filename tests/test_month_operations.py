@@ -211,3 +211,28 @@ async def test_a_clock_set_back_ten_days_rewrites_no_month_and_probing_goes_on(
     assert after == before
     assert exp.ledger.months("api", clock.time())[-1] == "2025-11"  # not the month of the clock
     await exp.stop()
+
+
+async def test_re_probes_of_a_failing_service_move_its_state_not_its_month_or_counters(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "sla.yml"
+    config.write_text(
+        "sla: {name: Ops, timezone: Europe/Zurich}\n"
+        "services:\n"
+        "  api: {interval: 1m, timeout: 5s, confirm: 10s, http: {url: 'http://127.0.0.1:9/'}}\n"
+    )
+    clock = FakeClock()
+    probe = Probe(clock)
+    probe.reason["api"] = Reason.CONNECT
+    exp = exporter(config, clock, probe, None)
+    await exp.start()
+    await clock.advance(600)
+    state = exp.store.services["api"]
+    assert state.confirmations >= 4 * state.probes  # five re-probes a minute while down
+    assert len(probe.runs["api"]) == state.probes + state.confirmations
+    assert state.failures == state.probes  # the counters: one per regular slot
+    assert state.consecutive_failures == len(probe.runs["api"])
+    figures = month(exp, "api", clock)
+    assert figures["down"] == (state.probes - 1) * MIN  # the slots before the current one
+    await exp.stop()

@@ -8,6 +8,7 @@ import random
 import time
 from collections import Counter, defaultdict
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -282,3 +283,75 @@ async def test_a_few_hundred_services_start_within_a_wider_window_at_the_start_r
     assert max(firsts) < 10.0  # 500 services at 50 a second: within 10 s, not the 5 m interval
     assert max(Counter(int(t) for t in firsts).values()) <= 51
     await scheduler.stop()
+
+
+class Outage(Recorder):
+    """A probe that fails while the fake clock is inside [start, end)."""
+
+    def __init__(self, clock: FakeClock, start: float, end: float) -> None:
+        super().__init__(clock)
+        self.start, self.end = start, end
+        self.results: list[tuple[float, bool]] = []
+
+    async def __call__(self, name: str, service: Service) -> ProbeResult:
+        await super().__call__(name, service)
+        now = self.clock.monotonic()
+        up = not self.start <= now < self.end
+        self.results.append((now, up))
+        if up:
+            return ProbeResult(success=True, duration=0.0, timestamp=self.clock.time())
+        return ProbeResult(
+            success=False, duration=0.0, reason=Reason.CONNECT, timestamp=self.clock.time()
+        )
+
+
+def confirming(interval: str = "1m", confirm: str = "10s") -> Config:
+    return parse(
+        "sla: {name: T}\nservices:\n"
+        f"  api: {{interval: {interval}, timeout: 5s, confirm: {confirm},"
+        " http: {url: 'http://127.0.0.1:9/'}}\n",
+        "c.yml",
+    )
+
+
+async def test_a_failing_service_is_confirmed_down_within_two_re_probes() -> None:
+    clock = FakeClock()
+    probe = Outage(clock, start=100.0, end=400.0)
+    slots: list[float | None] = []
+    scheduler = Scheduler(
+        lambda name, service, result, maint, start: slots.append(start),
+        probe=probe,
+        clock=clock,
+        max_start_jitter=0.001,
+    )
+    scheduler.apply(confirming())
+    await clock.advance(600)
+    await scheduler.stop()
+    times = [t for t, _ in probe.results]
+    first_failure = next(t for t, up in probe.results if not up)
+    # The first failed regular probe, then two re-probes 10 s apart: three failures in a row.
+    assert [t - first_failure for t in times if first_failure <= t < first_failure + 21] == [
+        0,
+        10,
+        20,
+    ]
+    assert first_failure - 100 < 60  # the first regular slot after the outage began
+    # Re-probed every 10 s while down, never past the next slot; back within 10 s of recovery.
+    first_success = next(t for t, up in probe.results if up and t > first_failure)
+    assert 400 <= first_success < 410
+    regular = [s for s in slots if s is not None]
+    assert [b - a for a, b in itertools.pairwise(regular)] == [60.0] * (len(regular) - 1)
+    assert slots.count(None) > 20  # the re-probes, handed over as no slot's
+
+
+async def test_one_failed_probe_that_a_re_probe_contradicts_is_one_failure_in_a_row() -> None:
+    clock = FakeClock()
+    regular = slot("api", 60_000, ms(WALL_OFFSET + 30)) / 1000 + 60 - WALL_OFFSET
+    probe = Outage(clock, start=regular - 1, end=regular + 5)  # a blip over one regular probe
+    scheduler = Scheduler(lambda *args: None, probe=probe, clock=clock, max_start_jitter=0.001)
+    scheduler.apply(confirming())
+    await clock.advance(regular + 100)
+    await scheduler.stop()
+    assert [t for t, up in probe.results if not up] == [pytest.approx(regular)]
+    after = [(t, up) for t, up in probe.results if t > regular]
+    assert after[0] == (pytest.approx(regular + 10), True)  # the re-probe that contradicts it

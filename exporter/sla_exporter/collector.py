@@ -151,6 +151,12 @@ FAMILIES = (
         COUNTER,
         "Scheduled probes skipped because the previous one could not start in time.",
     ),
+    CONFIRMATIONS := Family(
+        "sla_probe_confirmations",
+        COUNTER,
+        "Re-probes of a failing service between its regular slots (its `confirm` setting); "
+        "not in sla_probes_total.",
+    ),
     MAINTENANCE := Family(
         "sla_maintenance", GAUGE, "Whether a declared maintenance window covers the service now."
     ),
@@ -311,7 +317,7 @@ class ServiceCollector(Collector):
         (
             service_info, success, duration, phases, last_run, interval, timeout, objective,
             tls_expiry, status, probes, failures, reasons, maint_probes, maint_failures, missed,
-            maintenance, maintenance_end, consecutive, failing_since,
+            confirmations, maintenance, maintenance_end, consecutive, failing_since,
         ) = add[_INDEX[SERVICE_INFO] : _INDEX[FAILING_SINCE] + 1]  # fmt: skip
         windows = config.maintenance
         for i, state in enumerate(list(self.store.services.values())):
@@ -336,6 +342,10 @@ class ServiceCollector(Collector):
                 f"{number(state.maintenance_failures)}\n"
             )
             missed(f"sla_probe_missed_runs_total{{{label}}} {number(state.missed_runs)}\n")
+            if state.service.confirm is not None:
+                confirmations(
+                    f"sla_probe_confirmations_total{{{label}}} {number(state.confirmations)}\n"
+                )
             consecutive(
                 f"sla_probe_consecutive_failures{{{label}}} {number(state.consecutive_failures)}\n"
             )

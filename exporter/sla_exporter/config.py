@@ -500,6 +500,10 @@ class Service(Model):
     description: str = ""
     interval: Annotated[Duration, AfterValidator(_interval)] = DEFAULT_INTERVAL
     timeout: Duration | None = None
+    # Re-probe a failing service this long after each failed probe, between its regular slots,
+    # until it answers: a failure is confirmed (three in a row) within two of these, and a
+    # recovery seen within one. The month counts the regular slots only.
+    confirm: Duration | None = None
     objective: Objective | None = None
     http: HTTPProbe | None = None
     smtp: SMTPProbe | None = None
@@ -519,6 +523,19 @@ class Service(Model):
                 f"{format_duration(timeout)}, interval {format_duration(interval)})",
             )
         return timeout
+
+    @field_validator("confirm")
+    @classmethod
+    def _confirm(cls, confirm: float | None, info: ValidationInfo) -> float | None:
+        interval = info.data.get("interval")
+        if confirm is not None and interval is not None and 2 * confirm >= interval:
+            raise _custom(
+                "confirm",
+                "must be shorter than half the interval, so that two confirmations fit between "
+                f"two regular probes (confirm {format_duration(confirm)}, interval "
+                f"{format_duration(interval)})",
+            )
+        return confirm
 
     @model_validator(mode="after")
     def _one_kind(self) -> Service:

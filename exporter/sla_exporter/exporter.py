@@ -407,11 +407,12 @@ class Exporter:
         self.task_crashes.labels(name).inc()
 
     def _on_result(
-        self, name: str, service: Service, result: ProbeResult, maint: bool, start: float
+        self, name: str, service: Service, result: ProbeResult, maint: bool, start: float | None
     ) -> None:
         previous = self.store.services[name].last if name in self.store.services else None
-        self.store.record(name, result, maint)
-        if self.ledger is not None:
+        self.store.record(name, result, maint, confirmation=start is None)
+        # The month counts the regular slots only: a confirmation stands for no slot.
+        if self.ledger is not None and start is not None:
             refused = self.ledger.clock_steps_back
             self.ledger.record(
                 name,

@@ -24,8 +24,9 @@ START_RATE = 50.0
 
 
 ProbeFn = Callable[[str, Service], Awaitable[ProbeResult]]
-# (service name, its settings, the result, whether maintenance covered it, its slot's start)
-ResultFn = Callable[[str, Service, ProbeResult, bool, float], None]
+# (service name, its settings, the result, whether maintenance covered it, its slot's start, or
+# None for a confirmation: a re-probe of a failing service between two slots)
+ResultFn = Callable[[str, Service, ProbeResult, bool, float | None], None]
 CoveredFn = Callable[[str, float, float], bool]
 # A wall clock that moved this much more or less than the monotonic clock over one sleep was set
 # (NTP step, an operator): the schedule is taken up again on the grid at the new time.
@@ -195,7 +196,9 @@ class Scheduler:
                 ran = self.clock.time() < start + interval  # its slot not over yet
                 if ran:
                     self.on_lag(name, max(0.0, lag))
-                    await self._probe_once(name, service, start)
+                    result = await self._probe_once(name, service, start)
+            if ran and not result.success and service.confirm is not None:
+                await self._confirm(name, service, start + interval)
             # The next slot whose start has not passed by a whole interval; slots passed over
             # are skipped and counted, not run late in a burst.
             current = slot(name, length, ms(self.clock.time())) / 1000
@@ -206,7 +209,22 @@ class Scheduler:
                 self.on_missed(name, skipped)
             start = due = following
 
-    async def _probe_once(self, name: str, service: Service, start: float) -> None:
+    async def _confirm(self, name: str, service: Service, until: float) -> None:
+        """Re-probe a failing service every `confirm` until it answers, as long as a re-probe
+        ends before its next slot (`until`) begins: failures in a row reach three within two
+        of these, and a recovery shows within one, instead of after whole intervals."""
+        assert service.confirm is not None
+        while True:
+            due = self.clock.time() + service.confirm
+            if due + service.effective_timeout > until:
+                return
+            await self.clock.sleep(due - self.clock.time())
+            async with self._slots:
+                result = await self._probe_once(name, service, None)
+            if result.success:
+                return
+
+    async def _probe_once(self, name: str, service: Service, start: float | None) -> ProbeResult:
         self._in_flight += 1
         self.report_in_flight(self._in_flight)
         try:
@@ -216,3 +234,4 @@ class Scheduler:
             self.report_in_flight(self._in_flight)
         maintenance = self._in_maintenance(name, result.timestamp)
         self.on_result(name, service, result, maintenance, start)
+        return result

@@ -25,6 +25,7 @@ class ServiceState:
     maintenance_probes: int = 0
     maintenance_failures: int = 0
     missed_runs: int = 0
+    confirmations: int = 0  # re-probes of a failing service between its slots
     consecutive_failures: int = 0  # failed probes in a row, up to the last one; 0 after a success
     failing_since: float | None = None  # start of the first probe of that run of failures
     last_lag: float = 0.0
@@ -61,14 +62,22 @@ class Store:
                 state.service = service
                 state.objective = config.objective(name)
 
-    def record(self, name: str, result: ProbeResult, in_maintenance: bool) -> None:
-        """Count one finished probe; a result for a service removed meanwhile is dropped."""
+    def record(
+        self, name: str, result: ProbeResult, in_maintenance: bool, confirmation: bool = False
+    ) -> None:
+        """Count one finished probe; a result for a service removed meanwhile is dropped.
+
+        A `confirmation` (a re-probe of a failing service between its slots) moves what the
+        service is now (last result, failures in a row) but no counter: the rolling ratios
+        count the regular probes, one per slot, however long an outage is re-probed."""
         state = self.services.get(name)
         if state is None:
             return
         state.last = result
-        state.probes += 1
-        state.maintenance_probes += in_maintenance
+        state.confirmations += confirmation
+        if not confirmation:
+            state.probes += 1
+            state.maintenance_probes += in_maintenance
         if result.success:
             state.consecutive_failures = 0
             state.failing_since = None
@@ -77,9 +86,10 @@ class Store:
             if state.failing_since is None:
                 state.failing_since = result.timestamp
             assert result.reason is not None
-            state.failures += 1
-            state.reasons[result.reason.value] += 1
-            state.maintenance_failures += in_maintenance
+            if not confirmation:
+                state.failures += 1
+                state.reasons[result.reason.value] += 1
+                state.maintenance_failures += in_maintenance
             if not state.recent_failures:
                 state.recent_failures = deque(maxlen=RECENT_FAILURES)
             state.recent_failures.append(result)
