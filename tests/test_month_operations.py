@@ -13,7 +13,6 @@ import pytest
 
 from sla_exporter.config import Service
 from sla_exporter.exporter import Exporter
-from sla_exporter.ledger import ms, slot
 from sla_exporter.probes import ProbeResult, Reason
 from tests.fakes import FakeClock
 
@@ -57,8 +56,7 @@ def month(exp: Exporter, name: str, clock: FakeClock) -> dict[str, int]:
     now = clock.time()
     key = exp.ledger.months(name, now)[-1]
     interval = exp.config.services[name].interval
-    pending = slot(name, ms(interval), exp.ledger.now(now)) / 1000
-    return exp.ledger.figures(name, key, now, pending_from=pending).seconds
+    return exp.ledger.exposed(name, key, now, interval, (), 0.99, "down").seconds
 
 
 async def test_a_restart_within_a_slot_probes_no_slot_twice_and_loses_none(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sla_exporter.collector import ServiceCollector
 from sla_exporter.config import parse
-from sla_exporter.ledger import STATES, Ledger, month_bounds, month_key, slot
+from sla_exporter.ledger import STATES, Ledger, Span, month_bounds, month_key, ms, slot
 from sla_exporter.store import Store
 from tests.stack import ROOT, tool
 
@@ -34,7 +35,7 @@ ZONE = "Europe/Zurich"
 HALF = 2 * 3600  # the window: two hours either side of a month boundary
 INTERVALS = (30, 60, 120)
 BOUNDARIES = [
-    int(month_bounds(key, __import__("zoneinfo").ZoneInfo(ZONE))[0])
+    int(month_bounds(key, ZoneInfo(ZONE))[0])
     for key in ("2026-03", "2026-04", "2026-11")  # winter, summer time, and back
 ]
 Policy = Literal["down", "excluded"]
@@ -139,7 +140,7 @@ class Reference:
 
     def month(self, history: History, key: str, until: int) -> tuple[dict[str, int], int]:
         """Seconds per state of month `key` up to `until`, and its budget (ms)."""
-        zone = __import__("zoneinfo").ZoneInfo(ZONE)
+        zone = ZoneInfo(ZONE)
         start, end = (int(t) for t in month_bounds(key, zone))
         seconds = dict.fromkeys(STATES, 0)
         for second in range(start, min(until, end)):
@@ -207,7 +208,7 @@ def play(history: History, path: Path) -> tuple[Ledger, Reference]:
 
 
 def months(history: History) -> list[str]:
-    zone = __import__("zoneinfo").ZoneInfo(ZONE)
+    zone = ZoneInfo(ZONE)
     return sorted({month_key(history.base - HALF, zone), month_key(history.end - 1, zone)})
 
 
@@ -218,10 +219,18 @@ def test_the_ledger_counts_every_second_as_the_reference_does(history: History) 
     ledger, reference = play(history, path)
     _, policy = history.settings(history.end)
     for key in months(history):
+        spans: list[Span] = []
         figures = ledger.figures(
-            NAME, key, history.end, future_maintenance=history.windows, unknown=policy
+            NAME, key, history.end, future_maintenance=history.windows, unknown=policy, spans=spans
         )
         seconds, budget = reference.month(history, key, history.end)
+        # The spans partition the month up to where it is counted, and add up to the figures:
+        # a report's incident list is the month's downtime, to the millisecond.
+        month_start = ms(month_bounds(key, ZoneInfo(ZONE))[0])
+        assert [s.start for s in spans] == [month_start] + [s.end for s in spans[:-1]]
+        assert (spans[-1].end if spans else month_start) == figures.end
+        for state in STATES:
+            assert sum(s.end - s.start for s in spans if s.state == state) == figures.seconds[state]
         assert {s: v // 1000 for s, v in figures.seconds.items()} == seconds, key
         assert all(v % 1000 == 0 for v in figures.seconds.values())
         assert figures.budget == budget, key

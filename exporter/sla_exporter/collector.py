@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .config import Config
-from .ledger import STATES, Figures, Ledger, ms, slot
+from .ledger import STATES, Figures, Ledger
 from .store import ServiceState, Store
 
 # Label for the service name: `service`, `instance`, `job` and `env` are taken by target labels.
@@ -453,20 +453,11 @@ class _Months:
     def add(self, state: ServiceState) -> None:
         ledger, now, label, name = self.ledger, self.now, state.label, state.name
         interval = state.service.interval
-        # The current slot by the ledger's clock, which never goes back behind time counted.
-        pending = slot(name, ms(interval), ledger.now(now)) / 1000
+        windows, unknown = self.windows.get(name, ()), self.config.sla.unknown
         for key in ledger.months(name, now):
             if key not in self.bounds:
                 self.bounds[key] = ledger.bounds(key)
-            figures = ledger.figures(
-                name,
-                key,
-                now,
-                pending_from=pending,
-                future_maintenance=self.windows.get(name, ()),
-                objective=state.objective,
-                unknown=self.config.sla.unknown,
-            )
+            figures = ledger.exposed(name, key, now, interval, windows, state.objective, unknown)
             labels = f'month="{key}",{label}'
             for kind in STATES:
                 value = number(figures.seconds[kind] / 1000)

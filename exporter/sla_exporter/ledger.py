@@ -215,6 +215,16 @@ class Month:
 
 
 @dataclass(frozen=True)
+class Span:
+    """A stretch of a month in one state (`recovered`: totals from Prometheus, no detail)."""
+
+    start: int
+    end: int
+    state: str
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Figures:
     """A service's month as the SLA counts it, in milliseconds, at some moment."""
 
@@ -659,6 +669,34 @@ class Ledger:
             keys.append(next_month(keys[-1]))
         return keys[-self.keep_months :]
 
+    def exposed(
+        self,
+        service: str,
+        key: str,
+        clock: float,
+        interval: float,
+        windows: Iterable[tuple[float, float]],
+        objective: float,
+        unknown: Policy,
+        book: ServiceBook | None = None,
+        spans: list[Span] | None = None,
+    ) -> Figures:
+        """`figures()` as /metrics, the pooled month and the report show them: counted up to
+        the start of the service's current slot, by the ledger's clock (which never goes back),
+        with the settings in force now."""
+        pending = slot(service, ms(interval), self.now(clock)) / 1000
+        return self.figures(
+            service,
+            key,
+            clock,
+            pending_from=pending,
+            future_maintenance=windows,
+            objective=objective,
+            unknown=unknown,
+            book=book,
+            spans=spans,
+        )
+
     def figures(
         self,
         service: str,
@@ -669,6 +707,7 @@ class Ledger:
         objective: float | None = None,
         unknown: Policy = "down",
         book: ServiceBook | None = None,
+        spans: list[Span] | None = None,
     ) -> Figures:
         """Month `key` of `service` as it stands at `clock`.
 
@@ -677,14 +716,15 @@ class Ledger:
         unknown. `future_maintenance` (the declared windows, unix times), `objective` and
         `unknown`: the settings in force now, for time `advance()` has not recorded yet and for
         the part of the month still to come. `book`: count that book instead of the service's
-        own (the month pooled across locations, pool.py).
+        own (the month pooled across locations, pool.py). `spans`: a list to add the month's
+        time to, span by span and in order, as the figures count it (the incidents of a report).
         """
         now = self.now(clock)
         start, end = self.bounds(key)
         own = book is None
         book = book or self.books.get(service) or ServiceBook()
         month = book.months.get(key) or Month()
-        final = own and end <= now and end <= (book.committed or 0)
+        final = own and spans is None and end <= now and end <= (book.committed or 0)
         if final:
             cached = self._final.get((service, key))
             if cached is not None and cached[0] == month.version:
@@ -710,9 +750,13 @@ class Ledger:
         if month.carried_until > start:
             counted = month.carried["up"] + month.carried["down"] + month.carried["unknown"]
             counted_at[terms[0].objective] = counted
+            if spans is not None:  # totals only: which moments were down is not known
+                spans.append(Span(start, month.carried_until, "recovered"))
         since = book.since if book.since is not None else upto
         unmonitored_end = min(max(since, lo), upto)
         seconds["unmonitored"] += max(0, unmonitored_end - lo)
+        if spans is not None and unmonitored_end > lo:
+            spans.append(Span(lo, unmonitored_end, "unmonitored"))
         lo = max(lo, unmonitored_end)
         # Declared maintenance: as recorded, and as the SLA file says now for what `advance()`
         # has not recorded yet.
@@ -725,20 +769,31 @@ class Ledger:
         )
         maintenance = _clip(declared, lo, upto)
         seconds["maintenance"] += _length(maintenance)
-        runs = [(r.start, r.end, r.up) for r in month.runs if r.end > lo and r.start < upto]
+        if spans is not None:
+            spans.extend(Span(a, b, "maintenance") for a, b in maintenance)
         covered: list[tuple[int, int]] = []
-        for a, b, up in runs:
-            spans = _minus([(max(a, lo), min(b, upto))], maintenance)
-            seconds["up" if up else "down"] += _length(spans)
-            covered.extend(spans)
+        for run in month.runs:
+            if run.end <= lo or run.start >= upto:
+                continue
+            pieces = _minus([(max(run.start, lo), min(run.end, upto))], maintenance)
+            seconds["up" if run.up else "down"] += _length(pieces)
+            covered.extend(pieces)
+            if spans is not None:
+                state = "up" if run.up else "down"
+                reasons = tuple(sorted(run.reasons))
+                spans.extend(Span(a, b, state, reasons) for a, b in pieces)
         # What neither a result nor maintenance covers, before the pending slot, is unknown;
         # the policy in force at each moment says whether it counts as down.
         holes = _minus(_minus([(lo, upto)], maintenance), _union(covered))
         for i, term in enumerate(terms):
             term_end = terms[i + 1].start if i + 1 < len(terms) else end
             term_lo = max(term.start, lo) if i else lo
-            part = _length(_clip(holes, term_lo, term_end))
-            seconds["unknown" if term.unknown == "down" else "excluded"] += part
+            pieces = _clip(holes, term_lo, term_end)
+            part = _length(pieces)
+            state = "unknown" if term.unknown == "down" else "excluded"
+            seconds[state] += part
+            if spans is not None:
+                spans.extend(Span(a, b, state) for a, b in pieces)
             counted = _length(_clip(covered, term_lo, term_end))
             counted += part if term.unknown == "down" else 0
             counted_at[term.objective] = counted_at.get(term.objective, 0) + counted
@@ -758,6 +813,8 @@ class Ledger:
         figures = Figures(seconds, int(budget), weighted, start + accounted)
         if final:
             self._final[(service, key)] = (month.version, figures)
+        if spans is not None:
+            spans.sort(key=lambda span: span.start)
         return figures
 
 

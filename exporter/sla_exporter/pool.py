@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from .config import Config, Location
-from .ledger import Figures, Ledger, Month, Run, ServiceBook, ms, slot
+from .ledger import Figures, Ledger, Month, Run, ServiceBook
 from .probes.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,6 @@ class Pool:
         figures: dict[str, dict[str, Figures]] = {}
         for name, service in config.services.items():
             own = ledger.books.get(name) or ServiceBook()
-            pending = slot(name, ms(service.interval), ledger.now(clock)) / 1000
             months: dict[str, Figures] = {}
             for key in ledger.months(name, clock):
                 pooled = pool(
@@ -217,14 +216,14 @@ class Pool:
                         )
                     },
                 )
-                months[key] = ledger.figures(
+                months[key] = ledger.exposed(
                     name,
                     key,
                     clock,
-                    pending_from=pending,
-                    future_maintenance=windows.get(name, ()),
-                    objective=config.objective(name),
-                    unknown=config.sla.unknown,
+                    service.interval,
+                    windows.get(name, ()),
+                    config.objective(name),
+                    config.sla.unknown,
                     book=book,
                 )
             figures[name] = months
