@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -25,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from sla_exporter.collector import ServiceCollector
+from sla_exporter.collector import ServiceCollector, finish
 from sla_exporter.config import parse
 from sla_exporter.ledger import STATES, Ledger, Span, month_bounds, month_key, ms, slot
 from sla_exporter.store import Store
@@ -215,7 +217,7 @@ def months(history: History) -> list[str]:
 @settings(max_examples=60, deadline=None)
 @given(history=histories())
 def test_the_ledger_counts_every_second_as_the_reference_does(history: History) -> None:
-    path = Path(__import__("tempfile").mkdtemp()) / "ledger.json"
+    path = Path(tempfile.mkdtemp()) / "ledger.json"
     ledger, reference = play(history, path)
     _, policy = history.settings(history.end)
     for key in months(history):
@@ -269,21 +271,17 @@ def rendered(history: History, ledger: Ledger) -> dict[tuple[str, str], float]:
 
 
 def collector_text(collector: ServiceCollector) -> str:
-    from sla_exporter.collector import finish
-
     return b"".join(finish(collector.rendering())).decode()
 
 
 def _iso(at: int) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 @settings(max_examples=8, deadline=None)
 @given(history=histories())
 def test_the_metrics_and_the_shipped_rules_agree_with_the_reference(history: History) -> None:
-    workdir = Path(__import__("tempfile").mkdtemp())
+    workdir = Path(tempfile.mkdtemp())
     ledger, reference = play(history, workdir / "ledger.json")
     series = rendered(history, ledger)
     interval, _ = history.settings(history.end)
