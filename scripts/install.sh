@@ -19,6 +19,8 @@ if [ "${1:-}" = --with-bench ]; then
   # project's blackbox_exporter is what we measure against. The tests run a smoke pass of it.
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
   command -v prometheus-blackbox-exporter >/dev/null || missing+=(prometheus-blackbox-exporter)
+  # The tests render the SLA statement in headless Chromium and keep the screenshots.
+  command -v chromium >/dev/null || missing+=(chromium)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"

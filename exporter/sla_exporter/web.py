@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 import html
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,12 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from . import __version__
 from .exporter import Exporter
 from .pool import MONTHS_PATH, months_document
+from .report import month_document
 from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -110,6 +113,7 @@ def make_app(
     app.router.add_put("/-/reload", reload)
     app.router.add_post(EVENTS_PATH, events_handler(exporter.support))
     app.router.add_get(MONTHS_PATH, months)
+    app.router.add_get("/api/v1/report", month_report)
     return app
 
 
@@ -147,6 +151,22 @@ async def months(request: web.Request) -> web.Response:
         return web.Response(status=503, text="Not ready: no month ledger yet.\n")
     document = months_document(exporter.ledger, exporter.location or "")
     return web.json_response(document)
+
+
+async def month_report(request: web.Request) -> web.Response:
+    """One month of every service span by span, for `sla-report`'s incident list."""
+    exporter = request.app[EXPORTER_KEY]
+    config, ledger = exporter.config, exporter.ledger
+    key = request.query.get("month", "")
+    if config is None or ledger is None:
+        return web.Response(status=503, text="Not ready: no month ledger yet.\n")
+    if not MONTH.match(key):
+        return web.Response(status=400, text="month must be YYYY-MM.\n")
+    services = {
+        name: (service.interval, exporter.windows(name), config.objective(name), config.sla.unknown)
+        for name, service in config.services.items()
+    }
+    return web.json_response(month_document(ledger, exporter.location or "", key, services))
 
 
 async def healthy(request: web.Request) -> web.Response:
