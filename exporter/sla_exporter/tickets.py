@@ -9,6 +9,7 @@ matter, and a restart rebuilds exactly the state it had from the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -349,7 +350,11 @@ class TicketDB:
             )
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (disk full, I/O error): a ROLLBACK then
+            # fails with "no transaction is active" and would replace the real cause.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         result.stored = len(fresh)
         for ticket in {e.ticket for e in fresh.values()}:
