@@ -179,6 +179,8 @@ def parse_json(text: str | bytes) -> Any:
         raise BadEvents([f"invalid JSON: {err.msg} at {where}"]) from None
     except UnicodeDecodeError:
         raise BadEvents(["invalid JSON: not UTF-8 text"]) from None
+    except RecursionError:  # [[[[... deeper than the interpreter's stack: no event is like it
+        raise BadEvents(["invalid JSON: nested too deeply"]) from None
     except ValueError as err:  # from the hook
         raise BadEvents([f"invalid JSON: {err}"]) from None
 
