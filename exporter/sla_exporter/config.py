@@ -246,7 +246,29 @@ def _text(value: Any) -> str | SecretStr:
 
 # A value that may come from a secret (`!env`/`!file`); read it with `secrets.reveal()`.
 Text = Annotated[str | SecretStr, PlainValidator(_text)]
-Headers = dict[HeaderName, Text]
+
+# RFC 9110 5.5: a field value is visible characters, spaces and tabs. A line break would end
+# the header on the wire (and start another one the server trusts): refused here, with its line,
+# rather than failing every probe at run time.
+_NOT_IN_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_value(value: Any) -> Any:
+    checked = _text(value)
+    raw = checked.get_secret_value() if isinstance(checked, SecretStr) else checked
+    if _NOT_IN_HEADER_VALUE.search(raw):
+        raise _custom(
+            "header_value",
+            "must be an HTTP header value, without line breaks or control characters, "
+            f"got {_show(checked)}",
+        )
+    return checked
+
+
+HeaderValue = Annotated[str | SecretStr, PlainValidator(_header_value)]
+# The same check after a field's own validation (a token, a prefix), for values sent in a header.
+InHeader = AfterValidator(_header_value)
+Headers = dict[HeaderName, HeaderValue]
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -475,9 +497,9 @@ class SMSSendTest(Model):
 class SMSGatewayProbe(Model):
     url: URL
     method: Literal["GET", "POST"] = "GET"
-    token: SecretStr | None = None
+    token: Annotated[SecretStr, InHeader] | None = None
     token_header: HeaderName = "Authorization"
-    token_prefix: str = "Bearer "
+    token_prefix: Annotated[str, InHeader] = "Bearer "
     headers: Headers = {}
     expect: Expect = Expect()
     send_test: SMSSendTest | None = None
