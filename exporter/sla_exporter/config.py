@@ -1040,6 +1040,9 @@ def parse_model(
     data = reader.read(node)
     if model is Config:
         data = _prepare_sla(reader, data)
+    elif model is SLASection:
+        # Only `sla:` is read: a secret the rest of the file names need not be at hand.
+        reader.errors = [e for e in reader.errors if not e.path or e.path.split(".")[0] == "sla"]
     result = None
     try:
         result = model.model_validate(data, context={"base_dir": reader.base_dir})
@@ -1102,6 +1105,20 @@ def _distinct_nodes(root: yaml.Node) -> int:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the SLA config file at `path`."""
     return load_model(path, Config)
+
+
+class SLASection(Model):
+    """An SLA file seen by the tools beside the exporter (the dashboard generator): its `sla:`
+    section, read, validated and defaulted exactly as the exporter does; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    sla: SLA
+
+
+def load_sla(path: str | os.PathLike[str]) -> SLA:
+    """The `sla:` section of the SLA file at `path`; raise ConfigInvalid for errors in it."""
+    return load_model(path, SLASection).sla
 
 
 # The `support:` section builds on the value types above, so it is imported last; Config's
