@@ -318,6 +318,30 @@ class Expect(Model):
         return status in self.status if self.status is not None else 200 <= status <= 299
 
 
+# Which redirects a request follows: none (the redirect itself is the answer checked), those
+# to the same host (http to https included), or any. `true` and `false` stay for any and none.
+RedirectPolicy = Literal["none", "same_host", "any"]
+REDIRECT_POLICIES: tuple[RedirectPolicy, ...] = ("none", "same_host", "any")
+
+
+def _redirects(value: Any) -> RedirectPolicy:
+    if value is True:
+        return "any"
+    if value is False:
+        return "none"
+    for policy in REDIRECT_POLICIES:
+        if value == policy:
+            return policy
+    raise _custom(
+        "redirects",
+        "must be one of none, same_host, any (or true for any, false for none), "
+        f"got {_show(value)}",
+    )
+
+
+Redirects = Annotated[RedirectPolicy, PlainValidator(_redirects)]
+
+
 def _body_or_form(body: Any, info: ValidationInfo) -> None:
     if body is not None and info.data.get("body") is not None:
         raise _custom("body_form", "cannot be set together with body; use one or the other")
@@ -329,7 +353,7 @@ class HTTPStep(Model):
     headers: Headers = {}
     body: Text | None = None
     form: dict[str, Text] | None = None
-    follow_redirects: StrictBool | None = None
+    follow_redirects: Redirects | None = None
     expect: Expect = Expect()
 
     @field_validator("form")
@@ -353,7 +377,7 @@ class HTTPProbe(Model):
     form: dict[str, Text] | None = None
     expect: Expect = Expect()
     steps: list[HTTPStep] | None = Field(default=None, min_length=1, max_length=10)
-    follow_redirects: StrictBool = True
+    follow_redirects: Redirects = "any"
     tls: TLS = TLS()
     max_body_bytes: StrictInt = Field(default=1 << 20, ge=1024, le=64 << 20)
 
