@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
@@ -79,14 +79,21 @@ def test_config_check_also_validates_the_web_config(tmp_path: Path) -> None:
 class Process:
     """The exporter as a child process, with its stderr collected in a file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.log = log
         self.stderr = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sla_exporter", *args],
             stderr=self.stderr,
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "CLI_SECRET": SECRET},
+            env={**os.environ, "CLI_SECRET": SECRET, **(env or {})},
+            preexec_fn=preexec_fn,  # the hostile tests lower the file limit of the child
         )
 
     def wait_for(self, predicate: object, what: str, timeout: float = 15.0) -> None:
