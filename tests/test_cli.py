@@ -398,3 +398,22 @@ def test_tls_settings_beyond_the_certificate_wait_for_a_restart_and_say_so(
     assert fetch(url, context) == 200  # TLS 1.2 still accepted until the restart
     assert proc.stop() == 0
     assert "take effect at the next restart" in proc.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("asked", "file_limit", "probes", "expected"),
+    [
+        (0, 1024, 128, 1024 - 2 * 128 - 64),  # the common soft limit, raised or not
+        (0, 1 << 20, 128, 1024),  # a generous limit: the ceiling
+        (500, 1024, 128, 500),
+        (2000, 1024, 128, 1024 - 2 * 128 - 64),  # never into the probes' share
+        (0, 256, 128, 8),  # too small for both: a few connections, and a warning
+        (0, None, 128, 1024),  # no file limit (Windows)
+    ],
+)
+def test_the_web_connection_limit_leaves_the_probes_their_share_of_the_file_limit(
+    asked: int, file_limit: int | None, probes: int, expected: int
+) -> None:
+    from sla_exporter.cli import web_connection_limit
+
+    assert web_connection_limit(asked, file_limit, probes) == expected

@@ -203,6 +203,7 @@ def check(args: argparse.Namespace) -> int:
 FDS_PER_PROBE = 2
 FDS_RESERVED = 64
 MAX_WEB_CONNECTIONS = 1024  # the automatic limit's ceiling: a few scrapers need a handful
+MIN_WEB_CONNECTIONS = 8  # Prometheus, an operator and a helpdesk, whatever the file limit
 SHUTDOWN_GRACE = 5.0  # seconds requests in flight get to finish on SIGTERM
 
 
@@ -235,12 +236,17 @@ def web_connection_limit(asked: int, file_limit: int | None, max_concurrency: in
     if file_limit is None:
         return asked or MAX_WEB_CONNECTIONS
     room = file_limit - FDS_PER_PROBE * max_concurrency - FDS_RESERVED
-    if room < 8:
-        raise ValueError(
-            f"the open file limit ({file_limit}) leaves no room for the web listener next to "
-            f"{max_concurrency} probes at once; raise `ulimit -n` or lower "
-            "--probes.max-concurrency"
+    if room < MIN_WEB_CONNECTIONS:
+        # Still served (a scrape needs one connection), but the probes may run short.
+        log.warning(
+            "the open file limit (%d) leaves too little room for the web listener next to %d "
+            "probes at once; serving at most %d connections. Raise `ulimit -n` or lower "
+            "--probes.max-concurrency",
+            file_limit,
+            max_concurrency,
+            MIN_WEB_CONNECTIONS,
         )
+        return MIN_WEB_CONNECTIONS
     if asked > room:
         log.warning(
             "--web.max-connections=%d lowered to %d: the open file limit (%d) must leave room "
