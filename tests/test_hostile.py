@@ -42,13 +42,14 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.stack import ROOT, free_port
-from tests.test_cli import Process, get, run_check
+from tests.test_cli import TLS_WEB, Process, get, issue, run_check, trusting
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -77,7 +78,11 @@ def target() -> Iterator[str]:
 
 
 def start(
-    tmp_path: Path, config: str, *extra: str, file_limit: int | None = None
+    tmp_path: Path,
+    config: str,
+    *extra: str,
+    file_limit: int | None = None,
+    ready: Callable[[int], bool] | None = None,
 ) -> tuple[Process, int]:
     """The exporter process on a free loopback port with `config`, its open file limit (soft
     and hard, so it cannot raise it) lowered to `file_limit`; waits until it is ready."""
@@ -91,7 +96,10 @@ def start(
 
     args = ["--config.file", str(path), "--web.listen-address", f"127.0.0.1:{port}"]
     proc = Process([*args, "--storage.path", "", *extra], tmp_path / "stderr.log", preexec_fn=limit)
-    proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")
+    if ready is None:
+        proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")
+    else:
+        proc.wait_for(lambda: ready(port), "readiness")
     return proc, port
 
 
@@ -113,13 +121,32 @@ def probing(url: str, interval: str = "1s") -> str:
 # The web listener
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_a_connection_flood_leaves_the_probes_their_file_descriptors(
-    tmp_path: Path, target: str
+    tmp_path: Path, target: str, tls: bool, ca: trustme.CA
 ) -> None:
     # ~1,100 idle connections used to exhaust the 1024 descriptors; the probes then failed
     # with "Too many open files" and the SLA recorded downtime. Here the limit is 256 (the
-    # exporter cannot raise it) and 400 connections are opened and held.
-    proc, port = start(tmp_path, probing(target), "--probes.max-concurrency", "8", file_limit=256)
+    # exporter cannot raise it) and 400 connections are opened and held; with TLS they never
+    # start their handshake, so they must count from the TCP accept.
+    extra: list[str] = []
+    context = None
+    if tls:
+        issue(ca, tmp_path)
+        (tmp_path / "web.yml").write_text(TLS_WEB)
+        extra = ["--web.config.file", str(tmp_path / "web.yml")]
+        context = trusting(ca)
+    scheme = "https" if tls else "http"
+    proc, port = start(
+        tmp_path,
+        probing(target),
+        "--probes.max-concurrency",
+        "8",
+        *extra,
+        file_limit=256,
+        ready=lambda port: "Ready" in get(f"{scheme}://127.0.0.1:{port}/-/ready", context),
+    )
+    base = f"{scheme}://127.0.0.1:{port}"
     flood: list[socket.socket] = []
     try:
         for _ in range(400):
@@ -137,13 +164,13 @@ def test_a_connection_flood_leaves_the_probes_their_file_descriptors(
         for sock in flood:
             sock.close()
     proc.wait_for(
-        lambda: "sla_probe_failures_total" in get(f"http://127.0.0.1:{port}/metrics"),
+        lambda: "sla_probe_failures_total" in get(f"{base}/metrics", context),
         "metrics after the flood",
     )
-    metrics = get(f"http://127.0.0.1:{port}/metrics")
+    metrics = get(f"{base}/metrics", context)
     assert sample(metrics, "sla_probe_failures_total", "local") == 0
     assert sample(metrics, "sla_probes_total", "local") >= 3
-    assert get(f"http://127.0.0.1:{port}/-/healthy") == "Healthy.\n"
+    assert get(f"{base}/-/healthy", context) == "Healthy.\n"
     assert proc.stop() == 0
     log = proc.log.read_text()
     assert "Too many open files" not in log

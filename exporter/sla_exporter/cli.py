@@ -289,18 +289,15 @@ async def serve(
     )
     await runner.setup()
     assert runner.server is not None
-    cap = ConnectionCap(runner.server, max_connections)
-    tls = web_config.listening_context() if web_config else None
+    cap = ConnectionCap(
+        runner.server,
+        max_connections,
+        tls=web_config.listening_context() if web_config else None,
+        handshake_timeout=args.web_idle_timeout,
+    )
     loop = asyncio.get_running_loop()
     try:
-        listener = await loop.create_server(
-            cap,
-            host,
-            port,
-            reuse_address=True,
-            ssl=tls,
-            ssl_handshake_timeout=args.web_idle_timeout if tls is not None else None,
-        )
+        listener = await loop.create_server(cap, host, port, reuse_address=True)
     except OSError as err:
         await exporter.stop()
         await runner.cleanup()

@@ -11,7 +11,9 @@ import html
 import logging
 import math
 import secrets
+import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import cast
@@ -333,16 +335,14 @@ class ConnectionCap:
 
     Without it, anyone who could reach the port opened ~1,100 idle connections before any
     authentication, the process ran out of file descriptors, and the probes failed with
-    "Too many open files": false downtime. Connections over the limit are closed (reset) as
-    soon as they are handed over, so they hold a descriptor for no longer than that. The time
-    a connection may stay idle or take to send a request's headers is aiohttp's
+    "Too many open files": false downtime. Connections over the limit are reset as soon as
+    they are accepted, so they hold a descriptor for no longer than that. Connections count
+    from the TCP accept: with `tls`, the handshake is done here, after the count, so that
+    connections in their handshake count too (a listening socket with `ssl=` would hand them
+    over only once it is done), and it must end within `handshake_timeout`. The time a
+    connection may then stay idle or take to send a request's headers is aiohttp's
     keepalive_timeout (its timer runs from the connection's start and from each answer until
     the next request's headers have arrived in full).
-
-    On a TLS listener a connection is handed over once its handshake is done, so the ones in
-    their handshake are bounded by the handshake timeout, not counted here (see SECURITY.md):
-    doing the handshake here instead (loop.start_tls) loses the ClientHello on uvloop, whose
-    transports start reading after connection_made whatever it asked.
 
     `server` is the aiohttp low-level server (`AppRunner.server`), itself a protocol factory.
     """
@@ -351,12 +351,16 @@ class ConnectionCap:
         self,
         server: Callable[[], asyncio.BaseProtocol],
         limit: int,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server = server
         self.limit = limit
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.open = 0  # connections holding a descriptor now
-        self.refused = 0  # connections closed at once because `limit` were open
+        self.refused = 0  # connections reset at once because `limit` were open
         self._clock = clock
         self._warned_at = -math.inf
         self._refused_since_warning = 0
@@ -380,25 +384,64 @@ class ConnectionCap:
 
 
 class _Capped(asyncio.Protocol):
-    """One connection of a ConnectionCap: counted, then handed to aiohttp's protocol."""
+    """One connection of a ConnectionCap: counted, made TLS, then handed to aiohttp."""
 
     def __init__(self, cap: ConnectionCap) -> None:
         self._cap = cap
         self._counted = False
+        self._handshaking = False
         self._inner: asyncio.Protocol | None = None
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # a stream server's transports are
+        if self._handshaking:  # called again by the TLS layer, the handshake done
+            self._handshaking = False
+            self._start(transport)
+            return
         cap = self._cap
         if cap.open >= cap.limit:
             cap.refuse(transport)
             return
         cap.open += 1
         self._counted = True
-        inner = cap.server()
+        if cap.tls is None:
+            self._start(transport)
+            return
+        # The TLS layer takes the connection over here, in connection_made: data read after it
+        # goes to the handshake. (loop.start_tls swaps the protocol a loop iteration later, and
+        # uvloop has read the ClientHello, into this protocol, by then.) It calls
+        # connection_made again, with the TLS transport, once the handshake is done.
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        layer = sslproto.SSLProtocol(
+            loop,
+            self,
+            cap.tls,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=math.ceil(cap.handshake_timeout),  # typeshed: whole seconds
+        )
+        self._handshaking = True
+        handshake.add_done_callback(self._handshake_done)
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        if handshake.cancelled() or handshake.exception() is not None:
+            # The TLS layer closed the connection; this protocol never hears of it otherwise.
+            self._handshaking = False
+            self._release()
+
+    def _start(self, transport: asyncio.Transport) -> None:
+        inner = self._cap.server()
         assert isinstance(inner, asyncio.Protocol)
         self._inner = inner
         inner.connection_made(transport)
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._cap.open -= 1
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -416,9 +459,7 @@ class _Capped(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self._cap.open -= 1
+        self._release()
         inner, self._inner = self._inner, None
         if inner is not None:
             inner.connection_lost(exc)
