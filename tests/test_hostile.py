@@ -6,8 +6,7 @@ others need a scripted peer and live beside the probe or module they attack):
 
   probe targets  1 a failure of the exporter's own (EMFILE) counted as down: test_probe_wire.py
                    test_running_out_of_file_descriptors_is_the_exporters_fault_not_the_services
-                 2 an SMTP reply that never ends: test_probe_smtp.py
-                   test_a_reply_that_never_ends_fails_at_its_size_bound_not_at_the_timeout
+                 2 an SMTP reply that never ends: here (peak memory) and test_probe_smtp.py
   web listener   1 a connection flood, a slow header: here
                  5 a reload storm, SIGTERM after it: here; coalescing in test_exporter.py
                  6 basic auth: user enumeration by timing, bcrypt on the loop, no limit on
@@ -19,8 +18,8 @@ others need a scripted peer and live beside the probe or module they attack):
                  10 generate.py on an SLA file without timezone: test_dashboards.py;
                  11 undeclared direct imports: here
   secrets        3 secret headers following a redirect elsewhere: test_probe_http.py
-                   (test_no_credential_header_follows_...); 4 an SMTP server echoing AUTH:
-                   test_probe_smtp.py (test_a_server_that_echoes_auth_back_...)
+                   (test_no_credential_header_follows_...); 4 an SMTP server echoing AUTH: here
+                   (landing page, log) and test_probe_smtp.py (each AUTH mechanism)
 
 The attacks that already held (garbage, resets, silent peers, oversized bodies, regex blow-up,
 YAML alias bombs, a wrong or missing ticket token, a body over max_body_bytes) are in the same
@@ -30,6 +29,10 @@ modules, next to the code they attack.
 from __future__ import annotations
 
 import ast
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
 import http.server
 import importlib.metadata
 import json
@@ -37,6 +40,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -48,6 +52,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.conftest import server_context
+from tests.smtp_servers import PASSWORD, USER, Script, scripted_server
 from tests.stack import ROOT, free_port
 from tests.test_cli import TLS_WEB, Process, get, issue, run_check, trusting
 
@@ -225,6 +231,113 @@ def test_a_reload_storm_runs_a_few_reloads_and_sigterm_still_ends_at_once(
     reloads = proc.log.read_text().count("config reloaded from")
     assert reloads <= 3, f"{reloads} reloads for one burst"
     assert took < 10
+
+
+# --------------------------------------------------------------------------------------------
+# Probe targets and secrets: scripted SMTP servers, run on a loop of their own in a thread
+
+
+@contextlib.contextmanager
+def smtp_server(script: Script, tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """tests/smtp_servers.py's scripted server, served from a thread; yields its port."""
+    loop = asyncio.new_event_loop()
+    ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with scripted_server(script, tls) as port:
+            ready.set_result(port)
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield ready.result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def smtp_service(port: int, ca_file: str, **settings: str) -> str:
+    fields = ", ".join(f"{key}: {value}" for key, value in settings.items())
+    return (
+        "sla: {name: Hostile}\n"
+        "services:\n"
+        "  mail:\n"
+        "    interval: 1s\n"
+        "    timeout: 800ms\n"
+        f"    smtp: {{host: 127.0.0.1, port: {port}, ehlo_name: probe.test, {fields}"
+        f"{', ' if fields else ''}tls: {{ca_file: {json.dumps(ca_file)}}}}}\n"
+    )
+
+
+def test_an_smtp_server_echoing_auth_puts_no_secret_on_the_landing_page_or_in_the_log(
+    tmp_path: Path, localhost_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    # The base64 AUTH PLAIN token (user and password) reached the unauthenticated landing page
+    # and a WARNING log through the server's refusal.
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    script = Script(
+        replies={
+            "EHLO": b"250-mx.test\r\n250 AUTH PLAIN\r\n",
+            "AUTH": lambda line: b"535 5.7.8 authentication failed for " + line.encode() + b"\r\n",
+        }
+    )
+    with smtp_server(script, server_context(localhost_cert)) as port:
+        config = smtp_service(
+            port,
+            ca_file,
+            implicit_tls="true",
+            auth=f"{{username: {USER}, password: !env SMTP_PASSWORD}}",
+        )
+        (tmp_path / "sla.yml").write_text(config)
+        web = free_port()
+        proc = Process(
+            [
+                *("--config.file", str(tmp_path / "sla.yml")),
+                *("--web.listen-address", f"127.0.0.1:{web}", "--storage.path", ""),
+            ],
+            tmp_path / "stderr.log",
+            env={"SMTP_PASSWORD": PASSWORD},
+        )
+        try:
+            proc.wait_for(
+                lambda: "authentication failed for" in get(f"http://127.0.0.1:{web}/"),
+                "the refusal on the landing page",
+            )
+            page = get(f"http://127.0.0.1:{web}/")
+        finally:
+            proc.stop()
+    assert any(line.startswith("AUTH PLAIN ") for line in script.received)
+    log = proc.log.read_text()
+    assert "service mail is down" in log
+    for secret in (token, PASSWORD, base64.b64encode(PASSWORD.encode()).decode()):
+        assert secret not in page
+        assert secret not in log
+
+
+def test_an_smtp_reply_that_never_ends_does_not_grow_the_exporter(
+    tmp_path: Path, ca_file: str
+) -> None:
+    # One multi-line reply streamed for the whole timeout took the exporter from 65 MB to
+    # 1.17 GB. The server here offers 256 MiB per probe.
+    script = Script(endless={"EHLO": b"250-" + b"X" * 1000 + b"\r\n"})
+    with smtp_server(script) as port:
+        proc, web = start(tmp_path, smtp_service(port, ca_file, starttls="off"))
+        try:
+            proc.wait_for(
+                lambda: "reply longer than" in get(f"http://127.0.0.1:{web}/"), "the failure"
+            )
+            time.sleep(1.5)  # a probe or two more
+            status = Path(f"/proc/{proc.proc.pid}/status").read_text()
+        finally:
+            proc.stop()
+    peak = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    assert peak is not None
+    rss = int(peak[1]) * 1024
+    assert rss < 200 << 20, f"peak RSS {rss >> 20} MiB"
+    assert script.sent < 64 << 20  # the probes stopped reading, and the server writing
 
 
 # --------------------------------------------------------------------------------------------
