@@ -9,8 +9,8 @@ the fixed datasource uid and `$__rate_interval` the same way; tests/test_dashboa
 JSON, runs every query against a real Prometheus and regenerates the files to diff them. The
 generated files say "DO NOT EDIT" in their description: edit this script and run it again.
 
-Only the standard library and PyYAML (a dependency of the exporter) are used: grafanalib would
-add a dependency for what is, here, a few dictionaries.
+Only the standard library and the exporter's package (for its SLA file loader) are used:
+grafanalib would add a dependency for what is, here, a few dictionaries.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sla_exporter.config import ConfigInvalid, load_sla
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "grafana" / "dashboards"
@@ -1585,22 +1585,15 @@ DASHBOARDS: dict[str, Callable[[Settings], Json]] = {
 # ------------------------------------------------------------------------------------------------
 
 
-class _TagIgnoringLoader(yaml.SafeLoader):
-    """Reads an SLA file without resolving `!env` and `!file` secrets (not needed here)."""
-
-
-_TagIgnoringLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def read_settings(sla_file: Path) -> Settings:
-    """The time zone and default objective of an SLA file."""
-    config = yaml.load(sla_file.read_text(encoding="utf-8"), Loader=_TagIgnoringLoader)
-    sla = config["sla"]
+    """The time zone and default objective of an SLA file, read (and defaulted) by the
+    exporter's own loader, so the dashboards never disagree with the exporter about them."""
+    sla = load_sla(sla_file)
     try:
         relative = str(sla_file.resolve().relative_to(ROOT))
     except ValueError:
         relative = str(sla_file)
-    return Settings(sla["timezone"], float(sla.get("objective", 0.99)), relative)
+    return Settings(sla.timezone, sla.objective, relative)
 
 
 def render(settings: Settings) -> dict[str, str]:
@@ -1626,7 +1619,11 @@ def main(argv: list[str] | None = None) -> int:
         help="write nothing; exit 1 if a file differs from what would be written",
     )
     args = parser.parse_args(argv)
-    files = render(read_settings(args.sla_file))
+    try:
+        files = render(read_settings(args.sla_file))
+    except ConfigInvalid as err:
+        print(err, file=sys.stderr)
+        return 1
     stale = []
     for name, text in files.items():
         path = args.out / name

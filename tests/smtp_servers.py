@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,18 +107,31 @@ DEFAULT_REPLIES = {
 }
 
 
+# A reply made from the command it answers (to echo it back, as some servers do).
+Echo = Callable[[str], bytes]
+UNKNOWN = "*"  # the key in `replies` for any verb not listed
+
+
 @dataclass
 class Script:
     """What the scripted server says: a banner (None: say nothing at all), then one reply per
-    command verb, and 502 for any verb not in `replies`. `received` records the client's lines."""
+    command verb, and 502 for any verb not in `replies` (unless `replies` has UNKNOWN).
+    A reply is bytes, or made from the command line by a function. `endless` names verbs
+    answered with its line repeated until the client hangs up (a reply that never ends), at most
+    `endless_limit` bytes. `received` records the client's lines; `sent` counts bytes written."""
 
     banner: bytes | None = b"220 " + SERVER_NAME.encode() + b" ESMTP scripted\r\n"
-    replies: dict[str, bytes] = field(default_factory=dict)
+    replies: dict[str, bytes | Echo] = field(default_factory=dict)
     received: list[str] = field(default_factory=list)
+    endless: dict[str, bytes] = field(default_factory=dict)
+    endless_limit: int = 256 << 20
+    sent: int = 0
 
-    def reply(self, verb: str) -> bytes:
+    def reply(self, verb: str, command: str = "") -> bytes:
         replies = {**DEFAULT_REPLIES, **self.replies}
-        return replies.get(verb, b"502 5.5.2 command not recognized\r\n")
+        default = replies.get(UNKNOWN, b"502 5.5.2 command not recognized\r\n")
+        reply = replies.get(verb, default)
+        return reply(command) if callable(reply) else reply
 
 
 @asynccontextmanager
@@ -137,10 +150,18 @@ async def scripted_server(script: Script, tls: ssl.SSLContext | None = None) -> 
                 command = line.decode("utf-8", "replace").rstrip("\r\n")
                 script.received.append(command)
                 verb = command.split(" ", 1)[0].upper()
-                reply = script.reply(verb)
+                if verb in script.endless:
+                    line = script.endless[verb]
+                    while script.sent < script.endless_limit:
+                        writer.write(line * 64)
+                        script.sent += len(line) * 64
+                        await writer.drain()
+                    return
+                reply = script.reply(verb, command)
                 if reply == CLOSE:
                     return
                 writer.write(reply)
+                script.sent += len(reply)
                 await writer.drain()
                 if verb == "QUIT":
                     return

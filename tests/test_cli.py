@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
@@ -79,14 +79,21 @@ def test_config_check_also_validates_the_web_config(tmp_path: Path) -> None:
 class Process:
     """The exporter as a child process, with its stderr collected in a file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.log = log
         self.stderr = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sla_exporter", *args],
             stderr=self.stderr,
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "CLI_SECRET": SECRET},
+            env={**os.environ, "CLI_SECRET": SECRET, **(env or {})},
+            preexec_fn=preexec_fn,  # the hostile tests lower the file limit of the child
         )
 
     def wait_for(self, predicate: object, what: str, timeout: float = 15.0) -> None:
@@ -391,3 +398,22 @@ def test_tls_settings_beyond_the_certificate_wait_for_a_restart_and_say_so(
     assert fetch(url, context) == 200  # TLS 1.2 still accepted until the restart
     assert proc.stop() == 0
     assert "take effect at the next restart" in proc.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("asked", "file_limit", "probes", "expected"),
+    [
+        (0, 1024, 128, 1024 - 2 * 128 - 64),  # the common soft limit, raised or not
+        (0, 1 << 20, 128, 1024),  # a generous limit: the ceiling
+        (500, 1024, 128, 500),
+        (2000, 1024, 128, 1024 - 2 * 128 - 64),  # never into the probes' share
+        (0, 256, 128, 8),  # too small for both: a few connections, and a warning
+        (0, None, 128, 1024),  # no file limit (Windows)
+    ],
+)
+def test_the_web_connection_limit_leaves_the_probes_their_share_of_the_file_limit(
+    asked: int, file_limit: int | None, probes: int, expected: int
+) -> None:
+    from sla_exporter.cli import web_connection_limit
+
+    assert web_connection_limit(asked, file_limit, probes) == expected

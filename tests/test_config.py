@@ -255,9 +255,9 @@ def test_the_annotated_example_loads_with_its_secrets(example_env: Path) -> None
     assert app is not None
     flow = app.flow()
     assert [(s.method, s.follow_redirects) for s in flow] == [
-        ("GET", True),
-        ("POST", False),
-        ("GET", True),
+        ("GET", "any"),
+        ("POST", "none"),
+        ("GET", "any"),
     ]
     assert flow[1].form is not None
     assert flow[1].form["password"] == SecretStr("app-password-value")
@@ -411,7 +411,7 @@ def test_service_defaults_are_what_the_docs_say() -> None:
     assert service.objective is None
     http = service.http
     assert isinstance(http, HTTPProbe)
-    assert http.method == "GET" and http.follow_redirects is True
+    assert http.method == "GET" and http.follow_redirects == "any"
     assert http.max_body_bytes == 1 << 20
     assert http.tls.verify is True and http.tls.ca_file is None
     assert http.expect.accepts_status(204) and not http.expect.accepts_status(301)
@@ -479,7 +479,7 @@ services:
         "POST",
         {"user": "probe"},
         {"Accept": "text/html"},
-        False,
+        "none",
     )
     assert step.expect.status == [302]
 

@@ -242,6 +242,40 @@ def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
     }
 
 
+def generate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "grafana" / "generate.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_an_sla_file_without_timezone_gets_the_exporters_defaults(tmp_path: Path) -> None:
+    # It used to read the file with its own YAML loader and crash with KeyError: 'timezone'.
+    # Its secrets (unset here) are not needed for the dashboards.
+    sla = tmp_path / "sla.yml"
+    sla.write_text(
+        "sla: {name: Minimal}\n"
+        "services:\n"
+        "  api: {http: {url: https://api.example.com/, headers: {X-Key: !env UNSET_13_KEY}}}\n"
+    )
+    result = generate("--sla-file", str(sla), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    overview = json.loads((tmp_path / "out" / "sla-overview.json").read_text())
+    assert "in UTC" in json.dumps(overview)
+
+
+def test_a_bad_sla_section_is_reported_with_its_line_not_a_traceback(tmp_path: Path) -> None:
+    sla = tmp_path / "sla.yml"
+    sla.write_text("sla:\n  name: Bad\n  timezone: Mars/Olympus\n")
+    result = generate("--sla-file", str(sla), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "sla.yml:3  sla.timezone: must be an IANA time zone" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("uid", sorted(DASHBOARDS))
 def test_every_dashboard_says_it_is_generated(uid: str) -> None:
     assert "DO NOT EDIT" in DASHBOARDS[uid]["description"]

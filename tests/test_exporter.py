@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import shutil
+import statistics
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import bcrypt
 import pytest
 import trustme
 from aiohttp import ClientSession, web
@@ -19,7 +23,9 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
+from sla_exporter import web as web_module
 from sla_exporter.exporter import Exporter
 from sla_exporter.web import make_app
 from sla_exporter.webconfig import WebConfig
@@ -238,6 +244,51 @@ async def test_a_bad_reload_keeps_the_running_config_and_says_why(running) -> No
     assert value(text, "sla_exporter_config_last_reload_successful") == 1
 
 
+async def test_a_burst_of_reloads_runs_at_most_two_and_answers_every_client(running) -> None:
+    # 200 POST /-/reload used to run 84 full reloads one after the other. One runs, one waits
+    # behind it for every request made meanwhile.
+    exporter, server, _, _ = running
+    async with ClientSession() as session:
+
+        async def post() -> int:
+            async with session.post(server.make_url("/-/reload")) as resp:
+                return resp.status
+
+        # A reload "running" (its lock held) while the burst arrives, as a slow one would be.
+        async with exporter._reload_lock:
+            posts = asyncio.gather(*(post() for _ in range(50)))
+
+            async def all_queued() -> bool:
+                await asyncio.sleep(0.01)
+                return len(exporter._queued_for) == 50
+
+            await eventually(all_queued)
+        statuses = await asyncio.wait_for(posts, 30)
+    assert statuses == [200] * 50
+    assert exporter.reloads == 1
+
+
+async def test_reloads_asked_for_by_clients_that_left_are_not_run(running) -> None:
+    # Fire and forget: each client sends its POST and hangs up at once. A reload already
+    # running finishes; the one queued behind it is dropped when nobody waits for it any more.
+    exporter, server, _, _ = running
+    request = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(50):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request)
+        await writer.drain()
+        writer.transport.abort()
+
+    async def settled() -> bool:
+        await asyncio.sleep(0.2)
+        return not exporter._reloading and not exporter._reload_lock.locked()
+
+    await eventually(settled)
+    assert exporter.reloads <= 2
+    assert await exporter.reload() is None  # and a reload asked for now still runs
+    assert exporter.reloads <= 3
+
+
 async def _more(exporter: Exporter, name: str, than: int) -> bool:
     return exporter.store.services[name].probes > than
 
@@ -365,6 +416,79 @@ async def test_basic_auth_from_the_web_config_guards_every_endpoint(running) -> 
                     assert resp.status == 200
     finally:
         await server.close()
+
+
+@contextlib.asynccontextmanager
+async def guarded(exporter: Exporter, cost: int) -> AsyncIterator[TestServer]:
+    """The web app with one basic auth user, "prometheus", whose hash has bcrypt cost `cost`."""
+    hashed = bcrypt.hashpw(b"scrape-pass", bcrypt.gensalt(cost)).decode()
+    web_config = WebConfig.model_validate({"basic_auth_users": {"prometheus": hashed}})
+    server = TestServer(make_app(exporter, web_config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def timed_get(session: ClientSession, url: URL, auth: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    async with session.get(url, headers={"Authorization": auth}) as resp:
+        return resp.status, time.perf_counter() - started
+
+
+async def test_an_unknown_user_costs_as_much_as_a_wrong_password(running) -> None:
+    # An unknown user was answered in 2 ms, a known one with a wrong password in 63 ms: the
+    # user names could be enumerated. Both now cost one bcrypt check of the same cost.
+    exporter, _, _, _ = running
+    async with guarded(exporter, 10) as server, ClientSession() as session:
+        url = server.make_url("/metrics")
+        unknown, known = [], []
+        for _ in range(4):  # 8 failures: under the limit on failed logins
+            status, took = await timed_get(session, url, basic("nobody", "guess"))
+            unknown.append(took)
+            assert status == 401
+            status, took = await timed_get(session, url, basic("prometheus", "guess"))
+            known.append(took)
+            assert status == 401
+    assert statistics.median(unknown) > 0.5 * statistics.median(known)
+
+
+async def test_a_password_flood_does_not_hold_up_the_event_loop(running) -> None:
+    # bcrypt ran on the event loop: 32 clients guessing delayed every probe by 50-250 ms.
+    exporter, _, _, _ = running
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:  # how late a 5 ms sleep wakes up is how long the loop was held
+        while not done.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - started - 0.005)
+
+    async with guarded(exporter, 12) as server, ClientSession() as session:
+        url = server.make_url("/metrics")
+        watcher = asyncio.create_task(watch())
+        answers = await asyncio.gather(
+            *(timed_get(session, url, basic("prometheus", f"guess-{i}")) for i in range(8))
+        )
+        done.set()
+        await watcher
+    assert [status for status, _ in answers] == [401] * 8
+    assert max(lags) < 0.15  # a cost-12 check takes ~0.25 s; none of them ran on the loop
+
+
+async def test_an_address_that_keeps_failing_is_answered_429_without_a_check(running) -> None:
+    exporter, _, _, _ = running
+    async with guarded(exporter, 4) as server, ClientSession() as session:
+        url = server.make_url("/metrics")
+        for _ in range(web_module.MAX_FAILURES):
+            assert (await timed_get(session, url, basic("prometheus", "guess")))[0] == 401
+        status, _ = await timed_get(session, url, basic("prometheus", "scrape-pass"))
+        async with session.get(url, headers={"Authorization": basic("x", "y")}) as resp:
+            assert resp.status == 429
+            assert int(resp.headers["Retry-After"]) > 0
+    assert status == 429  # the right password too, until the window has passed
 
 
 async def test_openmetrics_gzip_and_name_filters_serve_the_same_samples(running) -> None:

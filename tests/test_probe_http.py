@@ -528,6 +528,96 @@ async def test_a_redirect_to_another_scheme_is_a_protocol_failure() -> None:
     assert result.message.startswith("redirected to an unusable URL")
 
 
+def elsewhere_app(seen: list[dict[str, str]]) -> web.Application:
+    """The other host a redirect leads to: records the headers it was sent."""
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="landed elsewhere")
+
+    return app_with(web.get("/landing", landing))
+
+
+def redirect_to(target: str) -> web.Application:
+    async def start(request: web.Request) -> web.Response:
+        raise web.HTTPFound(target)
+
+    return app_with(web.get("/start", start))
+
+
+# Configured headers: four credentials (by value or by name) and two that are not.
+SECRET_HEADERS = {
+    "Authorization": SecretStr("Bearer auth-secret-1"),
+    "X-Api-Key": SecretStr("api-key-secret-2"),
+    "Cookie": "session=cookie-secret-3",
+    "X-Tenant": SecretStr("tenant-secret-4"),  # a custom header holding a secret
+}
+PLAIN_HEADERS = {"Accept": "application/json", "X-Probe-Run": "sla"}
+
+
+@pytest.mark.parametrize("other", ["localhost", "127.0.0.1"])  # another host, another port
+async def test_no_credential_header_follows_a_redirect_to_another_origin(other: str) -> None:
+    # Only Authorization used to be dropped: X-Api-Key, Cookie and a custom token header
+    # reached the other host.
+    seen: list[dict[str, str]] = []
+    async with serve(elsewhere_app(seen)) as elsewhere:
+        target = elsewhere.replace("127.0.0.1", other) + "/landing"
+        async with serve(redirect_to(target)) as url:
+            result = await check(
+                {"url": f"{url}/start", "headers": {**SECRET_HEADERS, **PLAIN_HEADERS}}
+            )
+    assert result.success, result.message
+    [headers] = seen
+    sent = "\n".join(f"{name}: {value}" for name, value in headers.items())
+    for secret in ("auth-secret-1", "api-key-secret-2", "cookie-secret-3", "tenant-secret-4"):
+        assert secret not in sent
+    assert headers["X-Probe-Run"] == "sla" and headers["Accept"] == "application/json"
+
+
+async def test_credential_headers_follow_a_redirect_within_the_same_origin() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def start(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/landing")
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="here")
+
+    async with serve(app_with(web.get("/start", start), web.get("/landing", landing))) as url:
+        result = await check({"url": f"{url}/start", "headers": SECRET_HEADERS})
+    assert result.success, result.message
+    assert seen[0]["X-Api-Key"] == "api-key-secret-2"
+    assert seen[0]["Authorization"] == "Bearer auth-secret-1"
+
+
+@pytest.mark.parametrize(
+    ("policy", "other", "followed"),
+    [
+        ("any", "localhost", True),
+        (True, "localhost", True),
+        ("same_host", "127.0.0.1", True),  # same host, another port
+        ("same_host", "localhost", False),
+        ("none", "127.0.0.1", False),
+        (False, "127.0.0.1", False),
+    ],
+)
+async def test_the_redirect_policy_decides_which_redirects_are_followed(
+    policy: str | bool, other: str, followed: bool
+) -> None:
+    seen: list[dict[str, str]] = []
+    async with serve(elsewhere_app(seen)) as elsewhere:
+        target = elsewhere.replace("127.0.0.1", other) + "/landing"
+        async with serve(redirect_to(target)) as url:
+            expect = {"status": [200, 302]}
+            result = await check(
+                {"url": f"{url}/start", "follow_redirects": policy, "expect": expect}
+            )
+    assert result.success, result.message
+    assert result.status_code == (200 if followed else 302)
+    assert len(seen) == (1 if followed else 0)
+
+
 def login_app() -> web.Application:
     async def login(request: web.Request) -> web.Response:
         form = await request.post()

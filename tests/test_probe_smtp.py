@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -14,7 +15,9 @@ from cryptography import x509
 from smtp_servers import (
     CLOSE,
     PASSWORD,
+    UNKNOWN,
     USER,
+    Echo,
     Mailbox,
     Script,
     aiosmtpd_server,
@@ -345,6 +348,61 @@ async def test_credentials_are_never_sent_over_a_connection_without_tls() -> Non
     assert result.reason == Reason.AUTH
     assert result.message == "refusing to send credentials without TLS"
     assert not any(line.upper().startswith("AUTH") for line in script.received)
+
+
+async def test_a_reply_that_never_ends_fails_at_its_size_bound_not_at_the_timeout() -> None:
+    # One multi-line EHLO reply streamed for the whole timeout took the exporter from 65 MB to
+    # 1.17 GB. The whole reply is bounded, not only each line: the probe stops reading at once.
+    script = Script(endless={"EHLO": b"250-" + b"X" * 200 + b"\r\n"})
+    async with scripted_server(script) as port:
+        result = await run(smtp_probe(port, starttls="off"), timeout=10)
+
+    assert result.reason == Reason.PROTOCOL
+    assert result.message.startswith(f"reply longer than {smtp.MAX_REPLY} bytes during ehlo")
+    assert result.duration < 5  # not the 10 s timeout
+    assert script.sent < 32 << 20  # what socket buffers hold past the bound, not 256 MiB
+
+
+def _echo(code: bytes) -> Echo:
+    """A server that quotes the client's line back in its refusal."""
+    return lambda line: code + b" 5.7.8 authentication failed for " + line.encode() + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "replies"),
+    [
+        ("PLAIN", {"AUTH": _echo(b"535")}),
+        ("LOGIN", {"AUTH": b"334 UGFzc3dvcmQ6\r\n", UNKNOWN: _echo(b"535")}),
+        ("CRAM-MD5", {"AUTH": b"334 PDEyMzQ1QG14LnRlc3Q+\r\n", UNKNOWN: _echo(b"535")}),
+    ],
+)
+async def test_a_server_that_echoes_auth_back_never_gets_a_secret_into_the_result(
+    mechanism: str,
+    replies: dict[str, bytes | Echo],
+    localhost_cert: trustme.LeafCert,
+    ca_file: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The AUTH PLAIN token (user and password in base64) used to reach the landing page and a
+    # WARNING log through the refusal's text.
+    ehlo = f"250-mx.test\r\n250 AUTH {mechanism}\r\n".encode()
+    script = Script(replies={"EHLO": ehlo, **replies})
+    caplog.set_level(logging.DEBUG)
+    async with scripted_server(script, tls=server_context(localhost_cert)) as port:
+        result = await run(
+            smtp_probe(port, implicit_tls=True, tls={"ca_file": ca_file}, auth=auth())
+        )
+
+    assert result.reason == Reason.AUTH
+    assert "authentication failed for" in result.message  # the echo was there, masked
+    sent = [line.rpartition(" ")[2] for line in script.received if line not in ("", "QUIT")]
+    secrets = {PASSWORD, base64.b64encode(PASSWORD.encode()).decode(), *sent[2:]}
+    if mechanism == "PLAIN":
+        secrets.add(sent[1])  # AUTH PLAIN <token>
+    for secret in secrets:
+        assert secret not in result.message
+        assert secret not in caplog.text
+    assert "***" in result.message
 
 
 async def test_a_refused_connection_fails_with_reason_connect() -> None:

@@ -4,8 +4,14 @@ interim answers, redirect rules, cookies, and a duration that is the service's t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gzip
+import os
+import resource
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,3 +200,47 @@ async def test_when_a_name_has_several_addresses_a_refusing_one_is_passed_over(
         result = await check({"url": f"http://sla-probe.test:{port}/"})
     assert result.success, result.message
     assert {"dns", "connect"} <= set(result.phases)
+
+
+# --------------------------------------------------------------------------------------------
+# The exporter's own faults
+
+
+@contextlib.contextmanager
+def no_file_descriptors_left() -> Iterator[None]:
+    """Make this process's next socket() fail with EMFILE, for real: the soft file limit is
+    lowered to the highest descriptor in use and the free numbers below it are filled. At most
+    a few dozen sockets are opened; the limit is restored afterwards."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to find the descriptors in use")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    held: list[socket.socket] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    try:
+        for _ in range(highest + 1):
+            try:
+                held.append(socket.socket())
+            except OSError as err:
+                assert err.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_running_out_of_file_descriptors_is_the_exporters_fault_not_the_services() -> None:
+    # A flood of connections to the web port once left the probes with "connect: Too many open
+    # files", counted as the service down. It is reason "exporter": the month leaves it unknown.
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async with serve(app_with(web.get("/", ok))) as url:
+        with no_file_descriptors_left():
+            result = await check({"url": f"{url}/"})
+        after = await check({"url": f"{url}/"})
+    assert result.reason == Reason.EXPORTER
+    assert result.message == "exporter fault during connect: Too many open files"
+    assert after.success, after.message  # the same target, once descriptors are free again

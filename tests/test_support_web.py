@@ -259,6 +259,8 @@ async def test_an_oversized_body_is_413(support) -> None:
             ["invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2"],
         ),
         (b"\xff\xfe", ["invalid JSON: not UTF-8 text"]),
+        # Deeper than Python's recursion limit (within max_body_bytes): was a 500 and a traceback.
+        (b"[" * 2000 + b"]" * 2000, ["invalid JSON: nested too deeply"]),
         (
             json.dumps([TICKETS[0], {**TICKETS[2], "time": "2026-01-19 11:00"}]).encode(),
             [

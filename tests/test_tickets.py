@@ -332,6 +332,26 @@ def test_an_id_reused_for_another_event_refuses_the_whole_batch(tmp_path: Path) 
     db.close()
 
 
+def test_a_full_disk_is_reported_as_itself_not_as_a_failed_rollback(tmp_path: Path) -> None:
+    # SQLite rolls a transaction back by itself on SQLITE_FULL; a ROLLBACK after that fails with
+    # "no transaction is active", which used to replace the real cause in the log. The database
+    # is made "full" for real by capping its pages at what it already has.
+    db = TicketDB(tmp_path / "t.db")
+    try:
+        db.ingest([event(1, "created", "2026-01-19T09:00", level=1)])
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages}")
+        big = [event(n, "agent_replied", "2026-01-19T09:30") for n in range(2, 2000)]
+        with pytest.raises(sqlite3.OperationalError) as info:
+            db.ingest(big)
+        assert "full" in str(info.value)
+        assert not db.conn.in_transaction
+        db.conn.execute(f"PRAGMA max_page_count = {pages * 100}")
+        assert db.ingest(big).stored == len(big)  # the connection is usable again
+    finally:
+        db.close()
+
+
 def stream() -> list[TicketEvent]:
     """Three tickets' events as a helpdesk might send them: interleaved, some late."""
     return [

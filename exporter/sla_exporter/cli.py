@@ -20,7 +20,7 @@ from . import config as config_mod
 from .config import ConfigInvalid
 from .durations import parse_duration
 from .exporter import Exporter, Shard
-from .web import make_app
+from .web import ConnectionCap, make_app
 from .webconfig import WebConfigFile
 
 log = logging.getLogger("sla_exporter")
@@ -63,6 +63,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="web_config_file",
         default=None,
         help="TLS and basic auth for the endpoints, in the Prometheus web config format",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=int,
+        default=0,
+        help="connections the web listener keeps open at most; more are reset at once. "
+        "Default 0: what the open-file limit leaves after the probes' share (SECURITY.md)",
+    )
+    parser.add_argument(
+        "--web.idle-timeout",
+        dest="web_idle_timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may stay idle, or take to send a request's headers or its "
+        "TLS handshake, before it is closed (default: %(default)s)",
     )
     parser.add_argument(
         "--storage.path",
@@ -218,6 +234,69 @@ def check(args: argparse.Namespace) -> int:
     return status
 
 
+# Descriptors the web listener leaves for the rest of the process: two per probe running at
+# once (Happy Eyeballs may try a second address before the first gives up) and a margin for
+# the interpreter, the ledger, the ticket database, logs and the resolver's threads.
+FDS_PER_PROBE = 2
+FDS_RESERVED = 64
+MAX_WEB_CONNECTIONS = 1024  # the automatic limit's ceiling: a few scrapers need a handful
+MIN_WEB_CONNECTIONS = 8  # Prometheus, an operator and a helpdesk, whatever the file limit
+SHUTDOWN_GRACE = 5.0  # seconds requests in flight get to finish on SIGTERM
+
+
+def raise_file_limit() -> int | None:
+    """Raise the soft limit on open files to the hard one, as far as allowed; return it.
+
+    The common soft limit of 1024 is a default for interactive shells, not a budget for a
+    server; the hard limit is what the administrator allows. None where there is no such limit
+    (Windows).
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return None if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as err:
+        log.warning("cannot raise the open file limit from %d to %d: %s", soft, wanted, err)
+        return soft
+    return wanted
+
+
+def web_connection_limit(asked: int, file_limit: int | None, max_concurrency: int) -> int:
+    """The web listener's connection limit: what was `asked`, or by default what the open file
+    limit leaves after the probes' share; never so much that the probes could run short."""
+    if file_limit is None:
+        return asked or MAX_WEB_CONNECTIONS
+    room = file_limit - FDS_PER_PROBE * max_concurrency - FDS_RESERVED
+    if room < MIN_WEB_CONNECTIONS:
+        # Still served (a scrape needs one connection), but the probes may run short.
+        log.warning(
+            "the open file limit (%d) leaves too little room for the web listener next to %d "
+            "probes at once; serving at most %d connections. Raise `ulimit -n` or lower "
+            "--probes.max-concurrency",
+            file_limit,
+            max_concurrency,
+            MIN_WEB_CONNECTIONS,
+        )
+        return MIN_WEB_CONNECTIONS
+    if asked > room:
+        log.warning(
+            "--web.max-connections=%d lowered to %d: the open file limit (%d) must leave room "
+            "for %d probes at once",
+            asked,
+            room,
+            file_limit,
+            max_concurrency,
+        )
+        return room
+    return asked or min(room, MAX_WEB_CONNECTIONS)
+
+
 async def serve(
     args: argparse.Namespace,
     app: Callable[[Exporter, WebConfigFile | None], web.Application] = make_app,
@@ -235,23 +314,40 @@ async def serve(
         location=args.location,
         pool_interval=args.pool_interval,
     )
-    await exporter.start()
-    runner = web.AppRunner(app(exporter, web_config), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, host, port, ssl_context=web_config.listening_context() if web_config else None
+    file_limit = raise_file_limit()
+    max_connections = web_connection_limit(
+        args.web_max_connections, file_limit, args.max_concurrency
     )
+    await exporter.start()
+    runner = web.AppRunner(
+        app(exporter, web_config),
+        access_log=None,
+        # Idle connections and requests whose headers have not all arrived are closed after
+        # this long (aiohttp's default is an hour: a slow-loris holds a descriptor that long).
+        keepalive_timeout=args.web_idle_timeout,
+        shutdown_timeout=SHUTDOWN_GRACE,
+    )
+    await runner.setup()
+    assert runner.server is not None
+    cap = ConnectionCap(
+        runner.server,
+        max_connections,
+        tls=web_config.listening_context() if web_config else None,
+        handshake_timeout=args.web_idle_timeout,
+    )
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(cap, host, port, reuse_address=True)
     except OSError as err:
         await exporter.stop()
         await runner.cleanup()
         print(f"cannot listen on {args.listen}: {err.strerror}", file=sys.stderr)
         return 1
-    loop = asyncio.get_running_loop()
     log.info(
-        "listening on %s (version %s, event loop %s)",
+        "listening on %s (at most %d connections, open file limit %s; version %s, event loop %s)",
         args.listen,
+        max_connections,
+        file_limit,
         __version__,
         type(loop).__module__.partition(".")[0],
     )
@@ -268,6 +364,13 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     log.info("shutting down")
+    listener.close()
+    # Reloads first: a request waiting for one would otherwise hold the shutdown for as long
+    # as the reloads queued before it take (60 s after a reload storm). Then requests in
+    # flight get SHUTDOWN_GRACE seconds.
+    for task in reloads:
+        task.cancel()
+    exporter.cancel_reloads()
     await runner.cleanup()
     await exporter.stop()
     return 0

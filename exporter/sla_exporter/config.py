@@ -246,7 +246,29 @@ def _text(value: Any) -> str | SecretStr:
 
 # A value that may come from a secret (`!env`/`!file`); read it with `secrets.reveal()`.
 Text = Annotated[str | SecretStr, PlainValidator(_text)]
-Headers = dict[HeaderName, Text]
+
+# RFC 9110 5.5: a field value is visible characters, spaces and tabs. A line break would end
+# the header on the wire (and start another one the server trusts): refused here, with its line,
+# rather than failing every probe at run time.
+_NOT_IN_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_value(value: Any) -> Any:
+    checked = _text(value)
+    raw = checked.get_secret_value() if isinstance(checked, SecretStr) else checked
+    if _NOT_IN_HEADER_VALUE.search(raw):
+        raise _custom(
+            "header_value",
+            "must be an HTTP header value, without line breaks or control characters, "
+            f"got {_show(checked)}",
+        )
+    return checked
+
+
+HeaderValue = Annotated[str | SecretStr, PlainValidator(_header_value)]
+# The same check after a field's own validation (a token, a prefix), for values sent in a header.
+InHeader = AfterValidator(_header_value)
+Headers = dict[HeaderName, HeaderValue]
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -296,6 +318,30 @@ class Expect(Model):
         return status in self.status if self.status is not None else 200 <= status <= 299
 
 
+# Which redirects a request follows: none (the redirect itself is the answer checked), those
+# to the same host (http to https included), or any. `true` and `false` stay for any and none.
+RedirectPolicy = Literal["none", "same_host", "any"]
+REDIRECT_POLICIES: tuple[RedirectPolicy, ...] = ("none", "same_host", "any")
+
+
+def _redirects(value: Any) -> RedirectPolicy:
+    if value is True:
+        return "any"
+    if value is False:
+        return "none"
+    for policy in REDIRECT_POLICIES:
+        if value == policy:
+            return policy
+    raise _custom(
+        "redirects",
+        "must be one of none, same_host, any (or true for any, false for none), "
+        f"got {_show(value)}",
+    )
+
+
+Redirects = Annotated[RedirectPolicy, PlainValidator(_redirects)]
+
+
 def _body_or_form(body: Any, info: ValidationInfo) -> None:
     if body is not None and info.data.get("body") is not None:
         raise _custom("body_form", "cannot be set together with body; use one or the other")
@@ -307,7 +353,7 @@ class HTTPStep(Model):
     headers: Headers = {}
     body: Text | None = None
     form: dict[str, Text] | None = None
-    follow_redirects: StrictBool | None = None
+    follow_redirects: Redirects | None = None
     expect: Expect = Expect()
 
     @field_validator("form")
@@ -331,7 +377,7 @@ class HTTPProbe(Model):
     form: dict[str, Text] | None = None
     expect: Expect = Expect()
     steps: list[HTTPStep] | None = Field(default=None, min_length=1, max_length=10)
-    follow_redirects: StrictBool = True
+    follow_redirects: Redirects = "any"
     tls: TLS = TLS()
     max_body_bytes: StrictInt = Field(default=1 << 20, ge=1024, le=64 << 20)
 
@@ -475,9 +521,9 @@ class SMSSendTest(Model):
 class SMSGatewayProbe(Model):
     url: URL
     method: Literal["GET", "POST"] = "GET"
-    token: SecretStr | None = None
+    token: Annotated[SecretStr, InHeader] | None = None
     token_header: HeaderName = "Authorization"
-    token_prefix: str = "Bearer "
+    token_prefix: Annotated[str, InHeader] = "Bearer "
     headers: Headers = {}
     expect: Expect = Expect()
     send_test: SMSSendTest | None = None
@@ -1058,6 +1104,9 @@ def parse_model(
     data = reader.read(node)
     if model is Config:
         data = _prepare_sla(reader, data)
+    elif model is SLASection:
+        # Only `sla:` is read: a secret the rest of the file names need not be at hand.
+        reader.errors = [e for e in reader.errors if not e.path or e.path.split(".")[0] == "sla"]
     result = None
     try:
         result = model.model_validate(data, context={"base_dir": reader.base_dir})
@@ -1120,6 +1169,20 @@ def _distinct_nodes(root: yaml.Node) -> int:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the SLA config file at `path`."""
     return load_model(path, Config)
+
+
+class SLASection(Model):
+    """An SLA file seen by the tools beside the exporter (the dashboard generator): its `sla:`
+    section, read, validated and defaulted exactly as the exporter does; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    sla: SLA
+
+
+def load_sla(path: str | os.PathLike[str]) -> SLA:
+    """The `sla:` section of the SLA file at `path`; raise ConfigInvalid for errors in it."""
+    return load_model(path, SLASection).sla
 
 
 # The `support:` section builds on the value types above, so it is imported last; Config's

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +211,12 @@ class Exporter:
         self.registry.register(SupportCollector(self.support))
         self._flusher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # The reload queued behind the running one, which every new request joins; and who
+        # still waits for it (a function per request: is its client still there?).
+        self._queued: asyncio.Task[ConfigInvalid | None] | None = None
+        self._queued_for: list[Callable[[], bool]] = []
+        self._reloading: set[asyncio.Task[ConfigInvalid | None]] = set()
+        self.reloads = 0  # reloads actually run (read the file), for tests and the curious
 
     async def start(self) -> None:
         """Load the config (raising ConfigInvalid if it is bad) and start probing.
@@ -233,7 +239,14 @@ class Exporter:
         if self.pool is not None:
             self._pooler = asyncio.create_task(self._pool_forever(), name="month-pool")
 
+    def cancel_reloads(self) -> None:
+        """Cancel the reload running and the one queued: the process is stopping, and the
+        requests waiting for them must not hold up its end."""
+        for task in list(self._reloading):
+            task.cancel()
+
     async def stop(self) -> None:
+        self.cancel_reloads()
         for task in (self._flusher, self._pooler):
             if task is not None:
                 task.cancel()
@@ -288,31 +301,56 @@ class Exporter:
             )
         return problems
 
-    async def reload(self) -> ConfigInvalid | None:
-        """Re-read the config file; on error keep running the last good one and return the error."""
+    async def reload(self, wanted: Callable[[], bool] = lambda: True) -> ConfigInvalid | None:
+        """Re-read the config file; on error keep running the last good one and return the error.
+
+        Coalesced: at most one reload runs and one waits behind it, which every request made
+        meanwhile joins (it starts after them, so it reads the file as they left it). 200
+        `POST /-/reload` in a burst used to run 84 full reloads in a row. `wanted` says whether
+        the caller still cares (its HTTP client is still connected): a queued reload that no
+        caller wants any more is dropped. Cancelling the caller does not cancel the reload.
+        """
+        if self._queued is None:
+            self._queued = asyncio.create_task(self._reload_queued(), name="config-reload")
+            self._queued_for = []
+            self._reloading.add(self._queued)
+            self._queued.add_done_callback(self._reloading.discard)
+        queued = self._queued
+        self._queued_for.append(wanted)
+        return await asyncio.shield(queued)
+
+    async def _reload_queued(self) -> ConfigInvalid | None:
         async with self._reload_lock:
+            # From here on the file is read: a request made now needs a reload of its own.
+            wanted, self._queued, self._queued_for = self._queued_for, None, []
+            if not any(still() for still in wanted):
+                log.info("config reload dropped: every client that asked for it has gone")
+                return None
+            self.reloads += 1
+            return await self._reload_now()
+
+    async def _reload_now(self) -> ConfigInvalid | None:
+        """One reload, under the lock."""
+        try:
+            config = await self._load(in_thread=True)
             try:
-                config = await self._load(in_thread=True)
-                try:
-                    self._check_location(config)
-                    await self.support.apply(config)
-                except ValueError as wrong:
-                    error = ConfigError(self.config_path, 0, "locations", str(wrong))
-                    raise ConfigInvalid(self.config_path, [error]) from wrong
-                except SupportUnavailable as unavailable:
-                    error = ConfigError(self.config_path, 0, "support.database", str(unavailable))
-                    raise ConfigInvalid(self.config_path, [error]) from unavailable
-            except ConfigInvalid as err:
-                self.health.reload_ok.set(0)
-                self.last_reload_error = str(err)
-                log.error("config reload failed, keeping the running config:\n%s", err)
-                return err
-            self._advance()  # the time up to now keeps the settings it ran under
-            self._apply(config)
-            log.info(
-                "config reloaded from %s (%d services)", self.config_path, len(config.services)
-            )
-            return None
+                self._check_location(config)
+                await self.support.apply(config)
+            except ValueError as wrong:
+                error = ConfigError(self.config_path, 0, "locations", str(wrong))
+                raise ConfigInvalid(self.config_path, [error]) from wrong
+            except SupportUnavailable as unavailable:
+                error = ConfigError(self.config_path, 0, "support.database", str(unavailable))
+                raise ConfigInvalid(self.config_path, [error]) from unavailable
+        except ConfigInvalid as err:
+            self.health.reload_ok.set(0)
+            self.last_reload_error = str(err)
+            log.error("config reload failed, keeping the running config:\n%s", err)
+            return err
+        self._advance()  # the time up to now keeps the settings it ran under
+        self._apply(config)
+        log.info("config reloaded from %s (%d services)", self.config_path, len(config.services))
+        return None
 
     async def _load(self, in_thread: bool = False) -> Config:
         """This shard's part of the SLA file (all of it when not sharded)."""

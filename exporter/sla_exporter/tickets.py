@@ -9,6 +9,7 @@ matter, and a restart rebuilds exactly the state it had from the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -178,6 +179,8 @@ def parse_json(text: str | bytes) -> Any:
         raise BadEvents([f"invalid JSON: {err.msg} at {where}"]) from None
     except UnicodeDecodeError:
         raise BadEvents(["invalid JSON: not UTF-8 text"]) from None
+    except RecursionError:  # [[[[... deeper than the interpreter's stack: no event is like it
+        raise BadEvents(["invalid JSON: nested too deeply"]) from None
     except ValueError as err:  # from the hook
         raise BadEvents([f"invalid JSON: {err}"]) from None
 
@@ -349,7 +352,11 @@ class TicketDB:
             )
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (disk full, I/O error): a ROLLBACK then
+            # fails with "no transaction is active" and would replace the real cause.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         result.stored = len(fresh)
         for ticket in {e.ticket for e in fresh.values()}:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import gzip
 import hashlib
 import html
+import logging
+import math
 import re
 import secrets
+import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import cast
 
 import bcrypt
 from aiohttp import hdrs, web
@@ -24,6 +30,8 @@ from .pool import MONTHS_PATH, months_document
 from .report import month_document
 from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
+
+log = logging.getLogger(__name__)
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -45,19 +53,94 @@ def _credentials(header: str) -> tuple[str, str]:
 
 _WEB_CONFIG = web.RequestKey("web_config", WebConfig)  # the request's, for its response headers
 
+# bcrypt runs on its own few threads: off the event loop (a check costs tens of milliseconds:
+# 32 clients guessing passwords delayed every probe by 50-250 ms), and not on the loop's
+# default executor either, where the probes resolve host names.
+BCRYPT_THREADS = 2
+BCRYPT_QUEUE = 16  # checks waiting for a thread at most; more are answered 429 unchecked
+# Failed logins per client address within FAILURE_WINDOW seconds before its next attempts are
+# answered 429 without a check, until the window has passed.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
+
+
+class _Guesses:
+    """Failed logins per client address, in a sliding window, with a bounded table."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, size: int = 4096) -> None:
+        self._clock = clock
+        self._size = size
+        self._failures: dict[str, list[float]] = {}
+
+    def blocked(self, address: str) -> float:
+        """Seconds until `address` may try again; 0 when it may now."""
+        times = self._recent(address)
+        if len(times) < MAX_FAILURES:
+            return 0.0
+        return max(0.0, times[0] + FAILURE_WINDOW - self._clock())
+
+    def failed(self, address: str) -> None:
+        if address not in self._failures and len(self._failures) >= self._size:
+            # A table full of addresses: forget the oldest entry (insertion order).
+            self._failures.pop(next(iter(self._failures)))
+        self._failures.setdefault(address, []).append(self._clock())
+        del self._failures[address][:-MAX_FAILURES]
+
+    def _recent(self, address: str) -> list[float]:
+        since = self._clock() - FAILURE_WINDOW
+        times = [t for t in self._failures.get(address, []) if t > since]
+        if times:
+            self._failures[address] = times
+        else:
+            self._failures.pop(address, None)
+        return times
+
+
+def _cost(stored: str) -> int:
+    """The cost factor of a bcrypt hash ($2b$12$...), for a decoy of the same cost."""
+    parts = stored.split("$")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 12
+
 
 def _web_config(current: Callable[[], WebConfig]) -> Middleware:
     """Take the web config as it is now, once per request (reading the file is the work of
-    `current`), and check HTTP basic auth against its bcrypt hashes (no users: no check),
-    remembering verified pairs.
+    `current`), and check HTTP basic auth against its bcrypt hashes (no users: no check).
 
     bcrypt costs tens of milliseconds by design; Prometheus scrapes every 15 s with the same
     credentials, so like the Prometheus exporter-toolkit we cache successful checks (keyed by a
     hash of the pair and the stored hash, never the password itself: a changed hash is checked
-    anew).
+    anew). An unknown user costs a check against a decoy hash of the same cost, so the time
+    of an answer does not tell which users exist. Checks run on BCRYPT_THREADS threads, and an
+    address that failed MAX_FAILURES times in FAILURE_WINDOW seconds is answered 429 unchecked.
     """
     verified: set[bytes] = set()
     salt = secrets.token_bytes(16)
+    decoys: dict[int, bytes] = {}  # a hash of a random password, per cost factor
+    guesses = _Guesses()
+    pool = concurrent.futures.ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+    waiting = 0
+
+    def refused(status: int = 401, retry_after: float = 0) -> web.Response:
+        if status == 429:
+            return web.Response(
+                status=429,
+                text="Too many failed logins; try again later.\n",
+                headers={hdrs.RETRY_AFTER: str(math.ceil(retry_after))},
+            )
+        return web.Response(
+            status=401,
+            text="Unauthorized\n",
+            headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="sla-exporter"'},
+        )
+
+    async def check(password: str, stored: bytes) -> bool:
+        nonlocal waiting
+        waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, bcrypt.checkpw, password.encode(), stored)
+        finally:
+            waiting -= 1
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -71,14 +154,29 @@ def _web_config(current: Callable[[], WebConfig]) -> Middleware:
         if login in users:
             stored = users[login].get_secret_value()
             key = hashlib.sha256(salt + f"{login}\0{password}\0{stored}".encode()).digest()
-            if key in verified or bcrypt.checkpw(password.encode(), stored.encode()):
+            if key in verified:
+                return await handler(request)
+        address = request.remote or ""
+        wait = guesses.blocked(address)
+        if wait > 0:
+            return refused(429, wait)
+        if waiting >= BCRYPT_QUEUE:
+            return refused(429, 1)
+        if login in users:
+            if await check(password, stored.encode()):
                 verified.add(key)
                 return await handler(request)
-        return web.Response(
-            status=401,
-            text="Unauthorized\n",
-            headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="sla-exporter"'},
-        )
+        elif login or password:
+            # The same work as for a known user, so the answer's time does not tell them apart.
+            cost = _cost(next(iter(users.values())).get_secret_value())
+            if cost not in decoys:
+                decoys[cost] = await asyncio.get_running_loop().run_in_executor(
+                    pool, bcrypt.hashpw, secrets.token_bytes(16), bcrypt.gensalt(cost)
+                )
+            await check(password, decoys[cost])
+        if login or password:
+            guesses.failed(address)
+        return refused()
 
     return middleware
 
@@ -180,8 +278,15 @@ async def ready(request: web.Request) -> web.Response:
     return web.Response(text="Ready.\n")
 
 
+def _connected(request: web.Request) -> Callable[[], bool]:
+    """Whether the client of `request` is still there to read an answer."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
 async def reload(request: web.Request) -> web.Response:
-    error = await request.app[EXPORTER_KEY].reload()
+    # Coalesced with every other reload asked for meanwhile, and dropped if all of their
+    # clients have gone (a burst of fire-and-forget POSTs), see Exporter.reload.
+    error = await request.app[EXPORTER_KEY].reload(wanted=_connected(request))
     if error is not None:
         return web.Response(
             status=400, text=f"Reload failed; the running config is kept.\n{error}\n"
@@ -252,3 +357,142 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.up td:nth-chil
 </table></body></html>
 """
     return web.Response(text=body, content_type="text/html")
+
+
+# --------------------------------------------------------------------------------------------
+# The listener: file descriptors and time the web side may take from the probes
+
+
+class ConnectionCap:
+    """A protocol factory for the web listener that keeps at most `limit` connections open.
+
+    Without it, anyone who could reach the port opened ~1,100 idle connections before any
+    authentication, the process ran out of file descriptors, and the probes failed with
+    "Too many open files": false downtime. Connections over the limit are reset as soon as
+    they are accepted, so they hold a descriptor for no longer than that. Connections count
+    from the TCP accept: with `tls`, the handshake is done here, after the count, so that
+    connections in their handshake count too (a listening socket with `ssl=` would hand them
+    over only once it is done), and it must end within `handshake_timeout`. The time a
+    connection may then stay idle or take to send a request's headers is aiohttp's
+    keepalive_timeout (its timer runs from the connection's start and from each answer until
+    the next request's headers have arrived in full).
+
+    `server` is the aiohttp low-level server (`AppRunner.server`), itself a protocol factory.
+    """
+
+    def __init__(
+        self,
+        server: Callable[[], asyncio.BaseProtocol],
+        limit: int,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.server = server
+        self.limit = limit
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.open = 0  # connections holding a descriptor now
+        self.refused = 0  # connections reset at once because `limit` were open
+        self._clock = clock
+        self._warned_at = -math.inf
+        self._refused_since_warning = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Capped(self)
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        self.refused += 1
+        self._refused_since_warning += 1
+        transport.abort()
+        now = self._clock()
+        if now - self._warned_at >= 60:  # a flood must not flood the log too
+            log.warning(
+                "web: %d connections refused since the last warning: %d open, the limit "
+                "(--web.max-connections)",
+                self._refused_since_warning,
+                self.open,
+            )
+            self._warned_at, self._refused_since_warning = now, 0
+
+
+class _Capped(asyncio.Protocol):
+    """One connection of a ConnectionCap: counted, made TLS, then handed to aiohttp."""
+
+    def __init__(self, cap: ConnectionCap) -> None:
+        self._cap = cap
+        self._counted = False
+        self._handshaking = False
+        self._inner: asyncio.Protocol | None = None
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # a stream server's transports are
+        if self._handshaking:  # called again by the TLS layer, the handshake done
+            self._handshaking = False
+            self._start(transport)
+            return
+        cap = self._cap
+        if cap.open >= cap.limit:
+            cap.refuse(transport)
+            return
+        cap.open += 1
+        self._counted = True
+        if cap.tls is None:
+            self._start(transport)
+            return
+        # The TLS layer takes the connection over here, in connection_made: data read after it
+        # goes to the handshake. (loop.start_tls swaps the protocol a loop iteration later, and
+        # uvloop has read the ClientHello, into this protocol, by then.) It calls
+        # connection_made again, with the TLS transport, once the handshake is done.
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        layer = sslproto.SSLProtocol(
+            loop,
+            self,
+            cap.tls,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=math.ceil(cap.handshake_timeout),  # typeshed: whole seconds
+        )
+        self._handshaking = True
+        handshake.add_done_callback(self._handshake_done)
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        if handshake.cancelled() or handshake.exception() is not None:
+            # The TLS layer closed the connection; this protocol never hears of it otherwise.
+            self._handshaking = False
+            self._release()
+
+    def _start(self, transport: asyncio.Transport) -> None:
+        inner = self._cap.server()
+        assert isinstance(inner, asyncio.Protocol)
+        self._inner = inner
+        inner.connection_made(transport)
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._cap.open -= 1
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import socket
 import ssl
@@ -169,7 +170,7 @@ async def run_probe(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # every failure must end as a result, never kill the scheduler
-        failure = classify(exc, trace)
+        failure = exporter_fault(exc, trace) or classify(exc, trace)
         if failure is None:
             log.exception("probe raised an unexpected error during %s", trace.phase)
             failure = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")
@@ -197,8 +198,26 @@ async def run_probe(
     )
 
 
+# errno values that say the exporter ran out of something (file descriptors, memory, buffers),
+# not that the service failed: the probe is then the exporter's fault (Reason.EXPORTER).
+EXPORTER_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def exporter_fault(exc: BaseException, trace: Trace) -> ProbeFailed | None:
+    """A failure of the exporter's own resources, whatever phase it happened in."""
+    if isinstance(exc, MemoryError):
+        return ProbeFailed(Reason.EXPORTER, f"exporter out of memory during {trace.phase}")
+    if isinstance(exc, OSError) and exc.errno in EXPORTER_ERRNOS:
+        what = exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))
+        return ProbeFailed(Reason.EXPORTER, f"exporter fault during {trace.phase}: {what}")
+    return None
+
+
 def network_failure(exc: BaseException, trace: Trace) -> ProbeFailed | None:
     """Classify socket-level errors shared by every probe kind (DNS, connect, TLS, resets)."""
+    own = exporter_fault(exc, trace)
+    if own is not None:
+        return own
     if isinstance(exc, socket.gaierror):
         return ProbeFailed(Reason.DNS, f"cannot resolve host: {exc.strerror or exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):

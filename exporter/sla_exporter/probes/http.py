@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import ssl
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from .. import __version__
-from ..config import TLS, Expect, HTTPProbe, HTTPStep, Text
+from ..config import TLS, Expect, HTTPProbe, HTTPStep, RedirectPolicy, Text
 from ..secrets import reveal
 from .base import ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
 from .http1 import Response, exchange
@@ -43,7 +44,7 @@ class Request:
     headers: Mapping[str, str]
     data: str | Mapping[str, str] | None = None  # a str body, or form fields sent urlencoded
     json: Any = None
-    follow_redirects: bool = True
+    follow_redirects: RedirectPolicy = "any"
     credentials: bool = False  # whether a 401/403 means "login refused" rather than a bad status
     secrets: frozenset[str] = frozenset()  # masked out of server text quoted in messages
 
@@ -165,7 +166,7 @@ class Client:
         method, headers, body = request.method, CIMultiDict(request.headers), _body(request)
         for _ in range(MAX_REDIRECTS):
             response = await self._send(method, url, headers, body)
-            if not request.follow_redirects or response.status not in REDIRECTS:
+            if request.follow_redirects == "none" or response.status not in REDIRECTS:
                 return response
             location = response.headers.get("Location")
             if location is None:
@@ -180,6 +181,8 @@ class Client:
                 raise ProbeFailed(
                     Reason.PROTOCOL, f"redirected to an unusable URL: {bounded(location)}"
                 )
+            if request.follow_redirects == "same_host" and target.raw_host != url.raw_host:
+                return response  # judged as the redirect it is, like a redirect not followed
             # Browsers' (and aiohttp's) rules: 303, and 301/302 after a POST, become a GET
             # without body; credentials do not follow a redirect to another origin.
             if (response.status == 303 and method != "HEAD") or (
@@ -189,7 +192,7 @@ class Client:
                 for name in ("Content-Type", "Content-Length"):
                     headers.popall(name, None)
             if target.origin() != url.origin():
-                headers.popall("Authorization", None)
+                _drop_credentials(headers, request.secrets)
             url = target
         raise ProbeFailed(
             Reason.HTTP_STATUS,
@@ -234,6 +237,26 @@ class Client:
             with contextlib.suppress(CookieError):  # a malformed cookie is ignored, as browsers do
                 cookies.load(header)
         self._cookies.update_cookies(cookies, url)
+
+
+# Header names that carry credentials whatever their value: the standard ones, and the words
+# API keys and tokens are named with (X-Api-Key, X-Auth-Token, X-Session-Id, ...).
+_CREDENTIAL_HEADER = re.compile(
+    r"authorization|cookie|auth|token|key|secret|passw|session|signature|credential", re.I
+)
+
+
+def _drop_credentials(headers: CIMultiDict[str], secrets: Collection[str]) -> None:
+    """Remove every header that may carry a credential before a request leaves for another
+    origin: those named like one, and those holding a configured secret (`!env`, `!file`).
+
+    Only Authorization used to be dropped: X-Api-Key, Cookie and a custom token header reached
+    the other host.
+    """
+    for name in {name.lower() for name in headers}:
+        values = headers.getall(name)
+        if _CREDENTIAL_HEADER.search(name) or any(s in v for v in values for s in secrets):
+            headers.popall(name)
 
 
 def _body(request: Request) -> tuple[bytes, str] | None:
@@ -425,7 +448,7 @@ def _request(
         label=describe(step.method, step.url, number),
         headers=wire_headers(step.headers),
         data=data,
-        follow_redirects=bool(step.follow_redirects),
+        follow_redirects=step.follow_redirects or "any",
         credentials=credentials,
         secrets=secrets,
     )
