@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -255,3 +256,66 @@ def test_the_statement_reads_well_on_paper_a_screen_and_a_phone(bench: dict[str,
             check=True,
         )
         assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def squares(page: str, service: str) -> dict[str, str]:
+    """The 90-day strip of `service` on the status page: day -> kind of its square."""
+    section = page.split(f'<span class="name">{service}</span>', 1)[1].split('class="legend"')[0]
+    return dict(
+        (title.split(":")[0], kind)
+        for kind, title in re.findall(r'<span class="(\w+)" title="([^"]+)"', section)
+    )
+
+
+def test_the_status_page_shows_what_the_ledger_counts_on_a_screen_and_a_phone(
+    bench: dict[str, object],
+) -> None:
+    page = http_get(f"{bench['exporter']}/status") or ""
+    assert "<script" not in page
+    assert "127.0.0.1" not in page  # no target address, nothing a probe sent or got
+    metrics = http_get(f"{bench['exporter']}/metrics") or ""
+    this_month = month_key(datetime.now().timestamp(), ZoneInfo(ZONE))
+    for service in ("api", "web", "sms"):
+        states = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(
+                rf'sla_month_seconds\{{month="{this_month}",sla_service="{service}",'
+                r'state="(\w+)"\} (\S+)',
+                metrics,
+            )
+        }
+        counted = states["up"] + states["down"] + states["unknown"]
+        shown = availability(states["up"], counted) or "\u2013"  # the page's dash: no figure
+        assert f"{shown} % this month" in page.split(f'<span class="name">{service}</span>')[1]
+    first = datetime.fromtimestamp(float(bench["first"]), ZoneInfo(ZONE)).date()  # type: ignore[arg-type]
+    day = lambda n: (first + timedelta(n)).isoformat()  # noqa: E731
+    api, web = squares(page, "api"), squares(page, "web")
+    assert len(api) == 90
+    assert (api[day(3)], api[day(5)], api[day(1)], api[day(10)]) == ("down", "partial", "up", "up")
+    assert web[day(0)] == "down"  # 432 minutes: 30 % of that day
+
+    chromium = shutil.which("chromium")
+    assert chromium is not None, "scripts/install.sh installs chromium"
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, width in (("status-desktop.png", 1280), ("status-phone.png", 390)):
+        shot = ARTIFACTS / name
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={bench['workdir']}/chromium-status",
+                f"--screenshot={shot}",
+                f"--window-size={width},1000",
+                f"{bench['exporter']}/status",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert shot.stat().st_size > 10_000

@@ -101,6 +101,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help='this exporter\'s series in that Prometheus, e.g. \'{job="sla",location="zrh"}\'',
     )
     parser.add_argument(
+        "--web.status-public",
+        dest="status_public",
+        action="store_true",
+        help="serve /status without the web config's basic auth (it shows nothing secret)",
+    )
+    parser.add_argument(
         "--location",
         dest="location",
         default=None,
@@ -318,6 +324,7 @@ async def serve(
     max_connections = web_connection_limit(
         args.web_max_connections, file_limit, args.max_concurrency
     )
+    exporter.status_public = args.status_public
     await exporter.start()
     runner = web.AppRunner(
         app(exporter, web_config),

@@ -152,6 +152,7 @@ class Exporter:
         self.recover_from = recover_from  # (Prometheus URL, selector) to resume months from
         self.location = location  # this exporter's name in the SLA file's `locations:`
         self.pool_interval = pool_interval
+        self.status_public = False  # /status without the web config's basic auth
         self.pool: Pool | None = None  # the month pooled across locations, when they are named
         self._pooler: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()

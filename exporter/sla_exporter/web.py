@@ -24,7 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from . import __version__
+from . import __version__, status
 from .exporter import Exporter
 from .pool import MONTHS_PATH, months_document
 from .report import month_document
@@ -34,6 +34,7 @@ from .webconfig import WebConfig, WebConfigFile
 log = logging.getLogger(__name__)
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
+STATUS_PATH = "/status"
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,7 +103,9 @@ def _cost(stored: str) -> int:
     return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 12
 
 
-def _web_config(current: Callable[[], WebConfig]) -> Middleware:
+def _web_config(
+    current: Callable[[], WebConfig], public: frozenset[str] = frozenset()
+) -> Middleware:
     """Take the web config as it is now, once per request (reading the file is the work of
     `current`), and check HTTP basic auth against its bcrypt hashes (no users: no check).
 
@@ -146,9 +149,10 @@ def _web_config(current: Callable[[], WebConfig]) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         config = request[_WEB_CONFIG] = current()
         users = config.basic_auth_users
-        if request.path == EVENTS_PATH or not users:
+        if request.path == EVENTS_PATH or request.path in public or not users:
             # The helpdesk authenticates with the support token in the same Authorization
-            # header, which cannot also carry basic auth; the handler checks that token.
+            # header, which cannot also carry basic auth; the handler checks that token. The
+            # status page may be public (--web.status-public): it shows nothing secret.
             return await handler(request)
         login, password = _credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
         if login in users:
@@ -189,11 +193,12 @@ def make_app(
     `web_config` is a fixed configuration, or the file, read again as it changes.
     """
     middlewares: list[Middleware] = []
+    public = frozenset({STATUS_PATH}) if exporter.status_public else frozenset()
     if isinstance(web_config, WebConfigFile):
-        middlewares.append(_web_config(web_config.current))
+        middlewares.append(_web_config(web_config.current, public))
     elif web_config is not None:
         fixed = web_config
-        middlewares.append(_web_config(lambda: fixed))
+        middlewares.append(_web_config(lambda: fixed, public))
     app = web.Application(middlewares=middlewares)
     app[EXPORTER_KEY] = exporter
 
@@ -212,6 +217,7 @@ def make_app(
     app.router.add_post(EVENTS_PATH, events_handler(exporter.support))
     app.router.add_get(MONTHS_PATH, months)
     app.router.add_get("/api/v1/report", month_report)
+    app.router.add_get(STATUS_PATH, status_page)
     return app
 
 
@@ -265,6 +271,16 @@ async def month_report(request: web.Request) -> web.Response:
         for name, service in config.services.items()
     }
     return web.json_response(month_document(ledger, exporter.location or "", key, services))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """Each service now, this month and its last 90 days (status.py)."""
+    exporter = request.app[EXPORTER_KEY]
+    config, ledger = exporter.config, exporter.ledger
+    if config is None or ledger is None:
+        return web.Response(status=503, text="Not ready: no configuration loaded.\n")
+    page = status.document(config, ledger, exporter.store, exporter.windows, time.time())
+    return web.Response(text=status.render(page), content_type="text/html")
 
 
 async def healthy(request: web.Request) -> web.Response:
