@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -172,7 +173,14 @@ def test_a_lost_ledger_resumes_from_prometheus_with_only_the_unrecorded_time_unk
 
 def test_a_selector_that_matches_two_locations_is_refused_with_what_to_do(bench: Bench) -> None:
     first = bench.launch("exporter-1", bench.exporter_args(), f"{bench.exporter}/-/ready")
-    wait_for(lambda: bench.last_in_prometheus().get("up", 0) >= 1, "a month in Prometheus")
+
+    def both_locations() -> bool:
+        query = quote('count(count by (location) (sla_month_seconds{sla_service="api"}))')
+        body = json.loads(http_get(f"{bench.prometheus}/api/v1/query?query={query}") or "{}")
+        result = body.get("data", {}).get("result", [])
+        return bool(result) and result[0]["value"][1] == "2"
+
+    wait_for(both_locations, "the month in Prometheus as both locations")
     first.stop()
     bench.ledger.unlink()
     refused = bench.launch(

@@ -178,6 +178,9 @@ class Scheduler:
         if self.covered(name, start, start + interval):
             start += interval
             due = start
+        # A first run late in the slot it falls in is a chance taken, not a run that was due:
+        # if that slot ends before it can start, it is not counted as missed.
+        chance = due > start
         while True:
             before_wall, before_mono = self.clock.time(), self.clock.monotonic()
             await self.clock.sleep(due - before_wall)
@@ -203,7 +206,8 @@ class Scheduler:
             # are skipped and counted, not run late in a burst.
             current = slot(name, length, ms(self.clock.time())) / 1000
             following = max(start + interval, current)
-            skipped = round((following - start) / interval) - 1 + (0 if ran else 1)
+            skipped = round((following - start) / interval) - 1 + (0 if ran or chance else 1)
+            chance = False
             if skipped > 0:
                 log.warning("probe of %s fell behind; skipped %d run(s)", name, skipped)
                 self.on_missed(name, skipped)
