@@ -222,6 +222,14 @@ def test_the_statement_s_figures_are_the_month_series_and_its_incidents_add_up(
     assert sum(i["duration_seconds"] for i in incidents) == api["downtime_seconds"]
     assert [m["duration_seconds"] for m in services["api"]["maintenance"]] == [3600]
     assert all(not s["notes"] for s in services.values())
+    # Month by month: the reported month beside this one, with the same figure.
+    history = {h["month"]: h for h in services["api"]["history"]}
+    assert history[bench["key"]] == {
+        "month": bench["key"],
+        "availability": api["availability"],
+        "met": False,
+    }
+    assert len(history) == 2
 
 
 def test_the_statement_reads_well_on_paper_a_screen_and_a_phone(bench: dict[str, object]) -> None:

@@ -130,18 +130,89 @@ async def _query(session: aiohttp.ClientSession, url: str, promql: str) -> list[
     return list(body["data"]["result"])
 
 
+class _Series:
+    """The month series Prometheus holds, figure by figure, for any month they cover."""
+
+    def __init__(self, *samples: list[Any]) -> None:
+        (
+            self.seconds,
+            self.budgets,
+            self.objectives,
+            self.slots,
+            self.pooled,
+            self.pooled_budgets,
+        ) = samples
+
+    def months(self) -> list[str]:
+        return sorted({s["metric"]["month"] for s in self.seconds})
+
+    def month(self, key: str) -> dict[str, ServiceReport]:
+        def of(samples: list[Any]) -> list[Any]:
+            return [s for s in samples if s["metric"].get("month") == key]
+
+        def by(samples: list[Any]) -> dict[tuple[str, str], float]:
+            return {
+                (s["metric"]["sla_service"], s["metric"].get("location", "")): float(s["value"][1])
+                for s in of(samples)
+            }
+
+        per_location: dict[tuple[str, str], dict[str, float]] = {}
+        for s in of(self.seconds):
+            m = s["metric"]
+            per_location.setdefault((m["sla_service"], m.get("location", "")), {})[m["state"]] = (
+                float(s["value"][1])
+            )
+        budget, objective, slot = by(self.budgets), by(self.objectives), by(self.slots)
+        pooled_seconds: dict[str, dict[str, float]] = {}
+        for s in of(self.pooled):  # every location exposes the same pooled month: the largest
+            m = s["metric"]
+            states = pooled_seconds.setdefault(m["sla_service"], {})
+            states[m["state"]] = max(states.get(m["state"], 0.0), float(s["value"][1]))
+        pooled_budget: dict[str, float] = {}
+        for (service, _), value in by(self.pooled_budgets).items():
+            pooled_budget[service] = max(pooled_budget.get(service, 0.0), value)
+        reports: dict[str, ServiceReport] = {}
+        for (service, location), states in sorted(per_location.items()):
+            report = reports.setdefault(service, ServiceReport(service))
+            report.locations.append(
+                Figure(
+                    location or "location",
+                    {state: states.get(state, 0.0) for state in STATES},
+                    budget.get((service, location), 0.0),
+                    objective.get((service, location), 0.0),
+                    slot.get((service, location), 0.0),
+                )
+            )
+        for service, report in reports.items():
+            first = report.locations[0]
+            if service in pooled_seconds:
+                states = pooled_seconds[service]
+                report.figure = Figure(
+                    "pooled",
+                    {state: states.get(state, 0.0) for state in STATES},
+                    pooled_budget.get(service, 0.0),
+                    first.objective,
+                    first.slot_seconds,
+                )
+            elif len(report.locations) == 1:
+                report.figure = first
+            else:
+                report.notes.append(
+                    f"{len(report.locations)} locations and no pooled month (the SLA file has no "
+                    "locations: section): one figure per location only"
+                )
+        return reports
+
+
 async def gather(
     prometheus: str, month: str, exporters: Sequence[str], timeout: float = 30.0
 ) -> dict[str, Any]:
     """Everything the report of `month` says, as the JSON document (schema sla-report/1)."""
     prometheus = prometheus.rstrip("/")
-    selector = f'{{month="{month}"}}'
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
 
-        async def last(name: str) -> list[Any]:
-            return await _query(
-                session, prometheus, f"last_over_time({name}{selector}[{LOOKBACK}])"
-            )
+        async def last(name: str) -> list[Any]:  # every month the exporters keep (13)
+            return await _query(session, prometheus, f"last_over_time({name}[{LOOKBACK}])")
 
         seconds, budgets, objectives, slots, pooled, pooled_budgets, info = await asyncio.gather(
             last("sla_month_seconds"),
@@ -150,7 +221,7 @@ async def gather(
             last("sla_month_slot_seconds"),
             last("sla_month_pooled_seconds"),
             last("sla_month_pooled_error_budget_seconds"),
-            _query(session, prometheus, f"last_over_time(sla_info[{LOOKBACK}])"),
+            last("sla_info"),
         )
         documents = []
         for url in exporters:
@@ -160,60 +231,16 @@ async def gather(
                     raise RuntimeError(f"{target}: HTTP {response.status}")
                 documents.append(await response.json())
 
-    def by(samples: list[Any], *labels: str) -> dict[tuple[str, ...], float]:
-        return {
-            tuple(s["metric"].get(label, "") for label in labels): float(s["value"][1])
-            for s in samples
-        }
-
-    per_location: dict[tuple[str, str], dict[str, float]] = {}
-    for s in seconds:
-        m = s["metric"]
-        per_location.setdefault((m["sla_service"], m.get("location", "")), {})[m["state"]] = float(
-            s["value"][1]
-        )
-    budget = by(budgets, "sla_service", "location")
-    objective = by(objectives, "sla_service", "location")
-    slot = by(slots, "sla_service", "location")
-    pooled_seconds: dict[str, dict[str, float]] = {}
-    for s in pooled:  # every location exposes the same pooled month: take the largest copy
-        m = s["metric"]
-        states = pooled_seconds.setdefault(m["sla_service"], {})
-        states[m["state"]] = max(states.get(m["state"], 0.0), float(s["value"][1]))
-    pooled_budget: dict[str, float] = {}
-    for (service, _), value in by(pooled_budgets, "sla_service", "location").items():
-        pooled_budget[service] = max(pooled_budget.get(service, 0.0), value)
-
-    reports: dict[str, ServiceReport] = {}
-    for (service, location), states in sorted(per_location.items()):
-        report = reports.setdefault(service, ServiceReport(service))
-        report.locations.append(
-            Figure(
-                location or "location",
-                {state: states.get(state, 0.0) for state in STATES},
-                budget.get((service, location), 0.0),
-                objective.get((service, location), 0.0),
-                slot.get((service, location), 0.0),
-            )
-        )
-    for service, report in reports.items():
-        first = report.locations[0]
-        if service in pooled_seconds:
-            states = pooled_seconds[service]
-            report.figure = Figure(
-                "pooled",
-                {state: states.get(state, 0.0) for state in STATES},
-                pooled_budget.get(service, 0.0),
-                first.objective,
-                first.slot_seconds,
-            )
-        elif len(report.locations) == 1:
-            report.figure = first
-        else:
-            report.notes.append(
-                f"{len(report.locations)} locations and no pooled month (the SLA file has no "
-                "locations: section): one figure per location only"
-            )
+    series = _Series(seconds, budgets, objectives, slots, pooled, pooled_budgets)
+    reports = series.month(month)
+    history: dict[str, list[dict[str, Any]]] = {}
+    for key in series.months()[-13:]:
+        for service, past in series.month(key).items():
+            if past.figure is not None:
+                summary = past.figure.summary()
+                history.setdefault(service, []).append(
+                    {"month": key, "availability": summary["availability"], "met": summary["met"]}
+                )
     for document in documents:
         for service, entry in document["services"].items():
             found = reports.get(service)
@@ -282,6 +309,7 @@ async def gather(
                 "incidents": sorted(r.incidents, key=lambda i: (i["start"], i["location"])),
                 "maintenance": r.maintenance,
                 "notes": r.notes,
+                "history": history.get(r.service, []),
             }
             for r in sorted(reports.values(), key=lambda r: r.service)
         ],
@@ -341,6 +369,14 @@ def text(document: dict[str, Any]) -> str:
                 f"  {incident['location']}  {', '.join(incident['reasons'])}"
             )
         lines += [f"    note: {note}" for note in service["notes"]]
+        if len(service["history"]) > 1:
+            lines.append(
+                "    months: "
+                + "  ".join(
+                    f"{h['month']} {h['availability'] or '-'}%{'' if h['met'] else ' (breached)'}"
+                    for h in service["history"]
+                )
+            )
     lines += [f"missing: {m}" for m in document["missing"]]
     return "\n".join(lines) + "\n"
 
