@@ -2,10 +2,10 @@
 
 The demo's API is probed every 5 s and re-probed every half second while it fails
 (`confirm: 500ms`, examples/demo.yml); Prometheus scrapes and evaluates every second,
-Alertmanager groups within a second. Outages start at random moments of a slot. Figures are printed as multiples of the
-probe interval, the unit the goal is set in: a page within 1.5 intervals of the outage's start
-at the median, the resolve within 1 interval of recovery, and no page for a blip that fails a
-single probe.
+Alertmanager groups within a second. Outages start at random moments of a slot. Figures are
+printed as multiples of the probe interval, the unit the goal is set in: a page within 1.5
+intervals of the outage's start at the median, the resolve within 1 interval of recovery, and
+no page for a blip that fails a single probe.
 """
 
 from __future__ import annotations
