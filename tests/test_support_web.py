@@ -17,8 +17,10 @@ import bcrypt
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from sla_exporter.exporter import Exporter
+from sla_exporter.report import support_summary
 from sla_exporter.scheduler import SystemClock
 from sla_exporter.web import make_app
 from sla_exporter.webconfig import WebConfig
@@ -375,3 +377,38 @@ async def test_the_support_metrics_pass_promtool_check_metrics(support) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+async def test_the_month_statement_names_the_late_tickets_and_the_policy_s_compliance(
+    support,
+) -> None:
+    _, server = support
+    assert (await post(server, TICKETS))[0] == 200
+    async with (
+        ClientSession() as session,
+        session.get(server.make_url("/api/v1/report?month=2026-01")) as resp,
+    ):
+        document = await resp.json()
+    assert document["support_misses"] == [
+        {"ticket": "B", "policy": "first-level", "target": "first_response"}
+    ]
+    # The report's support part, from the month series as Prometheus would return them.
+    results: dict[str, list[dict[str, Any]]] = {}
+    for family in text_string_to_metric_families(await metrics(server)):
+        for sample in family.samples:
+            results.setdefault(sample.name, []).append(
+                {"metric": dict(sample.labels), "value": [NOW, str(sample.value)]}
+            )
+    month = [r for r in results["sla_support_month_measured"] if r["metric"]["month"] == "2026-01"]
+    late = [r for r in results["sla_support_month_breached"] if r["metric"]["month"] == "2026-01"]
+    [policy] = support_summary(
+        month,
+        late,
+        results["sla_support_objective_ratio"],
+        results["sla_support_policy_info"],
+        [document],
+    )
+    assert policy["calendar"] == "europe"
+    assert (policy["measured"], policy["breached"], policy["compliance"]) == (2, 1, "50.000")
+    assert policy["met"] is False  # 1 of 2 within target against 90 %
+    assert [m["ticket"] for m in policy["misses"]] == ["B"]

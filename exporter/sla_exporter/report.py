@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,7 +40,11 @@ INCIDENT_STATES = ("down", "unknown")  # what counts as downtime
 
 
 def month_document(
-    ledger: Ledger, location: str, key: str, services: dict[str, Any]
+    ledger: Ledger,
+    location: str,
+    key: str,
+    services: dict[str, Any],
+    support_misses: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """What `GET /api/v1/report?month=` serves: for each service (name -> (interval, windows,
     objective, unknown)), the month's figures and its spans other than up, as /metrics counts
@@ -60,7 +65,13 @@ def month_document(
                 if span.state != "up"
             ],
         }
-    return {"location": location, "timezone": ledger.zone.key, "month": key, "services": out}
+    return {
+        "location": location,
+        "timezone": ledger.zone.key,
+        "month": key,
+        "services": out,
+        "support_misses": support_misses or [],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +234,12 @@ async def gather(
             last("sla_month_pooled_error_budget_seconds"),
             last("sla_info"),
         )
+        measured, breached, support_objectives, support_policies = await asyncio.gather(
+            last(f'sla_support_month_measured{{month="{month}"}}'),
+            last(f'sla_support_month_breached{{month="{month}"}}'),
+            last("sla_support_objective_ratio"),
+            last("sla_support_policy_info"),
+        )
         documents = []
         for url in exporters:
             target = f"{url.rstrip('/')}/api/v1/report?month={month}"
@@ -313,8 +330,49 @@ async def gather(
             }
             for r in sorted(reports.values(), key=lambda r: r.service)
         ],
+        "support": support_summary(
+            measured, breached, support_objectives, support_policies, documents
+        ),
         "missing": missing,
     }
+
+
+def support_summary(
+    measured: list[Any],
+    breached: list[Any],
+    objectives: list[Any],
+    policies: list[Any],
+    documents: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Per support policy: clocks measured and late in the month, by target, against the
+    policy's objective, the calendar it counts in, and the late tickets by id."""
+    out: dict[str, dict[str, Any]] = {}
+    calendars = {s["metric"]["policy"]: s["metric"].get("calendar", "") for s in policies}
+    objective = {s["metric"]["policy"]: float(s["value"][1]) for s in objectives}
+    for samples, field_ in ((measured, "measured"), (breached, "breached")):
+        for s in samples:
+            policy, target = s["metric"]["policy"], s["metric"]["target"]
+            entry = out.setdefault(policy, {"policy": policy, "targets": {}})
+            counts = entry["targets"].setdefault(target, {"measured": 0, "breached": 0})
+            counts[field_] = max(counts[field_], int(float(s["value"][1])))
+    misses: dict[str, list[dict[str, str]]] = {}
+    for document in documents:
+        for miss in document.get("support_misses", []):
+            misses.setdefault(miss["policy"], []).append(miss)
+    for policy, entry in out.items():
+        total = sum(t["measured"] for t in entry["targets"].values())
+        late = sum(t["breached"] for t in entry["targets"].values())
+        entry["calendar"] = calendars.get(policy, "")
+        entry["objective"] = objective.get(policy)
+        entry["measured"], entry["breached"] = total, late
+        entry["compliance"] = availability(total - late, total)
+        entry["met"] = (
+            None
+            if not total or entry["objective"] is None
+            else Fraction(total - late, total) >= Fraction(str(entry["objective"]))
+        )
+        entry["misses"] = sorted(misses.get(policy, []), key=lambda m: (m["ticket"], m["target"]))
+    return [out[p] for p in sorted(out)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +435,13 @@ def text(document: dict[str, Any]) -> str:
                     for h in service["history"]
                 )
             )
+    for policy in document["support"]:
+        lines.append(
+            f"support {policy['policy']} ({policy['calendar']}): {policy['compliance'] or '-'} % "
+            f"within target ({policy['measured'] - policy['breached']} of {policy['measured']}), "
+            f"objective {policy['objective'] * 100 if policy['objective'] else 0:g} %"
+        )
+        lines += [f"    late: {m['ticket']} ({m['target']})" for m in policy["misses"]]
     lines += [f"missing: {m}" for m in document["missing"]]
     return "\n".join(lines) + "\n"
 

@@ -421,6 +421,32 @@ class SupportDesk:
         return snap
 
 
+def misses(desk: SupportDesk, key: str, now: float | None = None) -> list[dict[str, str]]:
+    """The clocks that breached their target in month `key`: ticket, policy and target, the
+    report's list of misses. A clock counts in the month its deadline passed in, as in the
+    month figures; one still running past it counts too."""
+    policies = desk.policies
+    if policies is None:
+        return []
+    now = desk.clock() if now is None else now
+    out = []
+    for name, ticket in sorted(desk.tickets.items()):
+        for f in ticket.finished:
+            if f.breached and f.month == key:
+                out.append({"ticket": name, "policy": f.policy, "target": f.target})
+        line = ticket.timeline
+        if line is None or not ticket.complete:
+            continue
+        for run in line.clocks:
+            if run.stopped_at is not None:
+                continue
+            rule = _rule_for(run, line, policies)
+            m = measure(run, rule, now) if rule is not None else None
+            if m is not None and m.breached and month_key(m.reached_at or now, desk.zone) == key:
+                out.append({"ticket": name, "policy": m.policy, "target": m.target})
+    return out
+
+
 def _derive_all(
     db: TicketDB, policies: Policies, zone: ZoneInfo, now: float
 ) -> tuple[dict[str, Ticket], int]:

@@ -28,6 +28,7 @@ from . import __version__, status
 from .exporter import Exporter
 from .pool import MONTHS_PATH, months_document
 from .report import month_document
+from .support import misses as support_misses
 from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
 
@@ -270,7 +271,8 @@ async def month_report(request: web.Request) -> web.Response:
         name: (service.interval, exporter.windows(name), config.objective(name), config.sla.unknown)
         for name, service in config.services.items()
     }
-    return web.json_response(month_document(ledger, exporter.location or "", key, services))
+    misses = support_misses(exporter.support, key) if exporter.support.enabled else []
+    return web.json_response(month_document(ledger, exporter.location or "", key, services, misses))
 
 
 async def status_page(request: web.Request) -> web.Response:
