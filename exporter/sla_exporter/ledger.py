@@ -332,6 +332,7 @@ class Ledger:
         self.books: dict[str, ServiceBook] = {}
         self.horizon = 0  # the latest time accounted (ms): the accounting clock never goes back
         self.clock_steps_back = 0  # results refused because the clock went back
+        self._refusal_logged = -60_000  # when (accounting clock) a refusal was last logged
         self._dirty = False
         self._bounds: dict[str, tuple[int, int]] = {}
         self._last_key = ("", 0, 0)
@@ -577,13 +578,19 @@ class Ledger:
             # No real result is that late: a run may wait up to an interval to start and take
             # less than an interval, so its slot starts within two intervals of now.
             self.clock_steps_back += 1
-            log.warning(
-                "refused a result of %s for %s: the clock is behind the time already accounted "
-                "(%s); the month is not rewritten",
-                service,
-                datetime.fromtimestamp(start, self.zone).isoformat(),
-                datetime.fromtimestamp(self.horizon / 1000, self.zone).isoformat(),
-            )
+            # Once a minute of the accounting clock at most: a clock set back ten days would
+            # otherwise log every result of every service until it catches up.
+            if self.horizon - self._refusal_logged >= 60_000:
+                self._refusal_logged = self.horizon
+                log.warning(
+                    "refused a result of %s for %s: the clock is behind the time already "
+                    "accounted (%s); the month is not rewritten (%d results refused so far, "
+                    "sla_exporter_ledger_refused_results_total)",
+                    service,
+                    datetime.fromtimestamp(start, self.zone).isoformat(),
+                    datetime.fromtimestamp(self.horizon / 1000, self.zone).isoformat(),
+                    self.clock_steps_back,
+                )
             return 0
         book.since = a if book.since is None else min(book.since, a)
         self.horizon = max(self.horizon, a)  # time goes on at least to the latest slot's start
