@@ -32,10 +32,21 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 DEFAULT_EVENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """--help with each flag's default, as Prometheus prints it; none for switches and unset."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sla-exporter",
         description="Probe the services an SLA promises and expose exact counters for Prometheus.",
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--config.file", dest="config_file", default="sla.yml", help="SLA file")
     parser.add_argument(
@@ -60,7 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--storage.path",
         dest="storage_path",
         default="data/sla-ledger.json",
-        help="file keeping calendar-month tallies across restarts; empty keeps them in memory only",
+        help="file keeping calendar-month tallies across restarts; empty keeps them in memory only"
+        " (default: %(default)s, relative to the working directory)",
     )
     parser.add_argument(
         "--probes.max-concurrency",
@@ -82,13 +94,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="event_loop",
         default=DEFAULT_EVENT_LOOP,
         choices=EVENT_LOOPS,
-        help="the event loop the probes run on (default: %(default)s)",
+        help="the event loop the probes run on (default: %(default)s where installed)",
     )
     parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="log this level and above",
     )
     parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format",
     )
     parser.add_argument("--version", action="version", version=f"sla-exporter {__version__}")
     return parser.parse_args(argv)
@@ -116,6 +136,13 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(err).removeprefix("--shard ")) from None
 
 
+def _warn(logger: Any, method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """level=warn, as the flag and Prometheus' own logs spell it, not Python's "warning"."""
+    if event.get("level") == "warning":
+        event["level"] = "warn"
+    return event
+
+
 def setup_logging(level: str, fmt: str) -> None:
     """Route stdlib logging through structlog's logfmt or JSON renderer on stderr."""
     renderer: structlog.types.Processor = (
@@ -127,6 +154,7 @@ def setup_logging(level: str, fmt: str) -> None:
         foreign_pre_chain=[
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.stdlib.add_log_level,
+            _warn,
             structlog.stdlib.add_logger_name,
         ],
         processors=[
