@@ -19,7 +19,7 @@ from . import __version__, webconfig
 from . import config as config_mod
 from .config import ConfigInvalid
 from .exporter import Exporter, Shard
-from .web import make_app
+from .web import LINKS_KEY, make_app
 from .webconfig import WebConfigFile
 
 log = logging.getLogger("sla_exporter")
@@ -66,6 +66,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="web_config_file",
         default=None,
         help="TLS and basic auth for the endpoints, in the Prometheus web config format",
+    )
+    parser.add_argument(
+        "--web.link",
+        dest="links",
+        type=_link,
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a link for the landing page, e.g. Prometheus=http://127.0.0.1:9090/; repeatable",
     )
     parser.add_argument(
         "--storage.path",
@@ -127,6 +136,13 @@ def run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def _link(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://", "/")):
+        raise argparse.ArgumentTypeError(f"must be NAME=URL with an http(s) URL, got {text!r}")
+    return name, url
 
 
 def _shard(text: str) -> Shard:
@@ -224,7 +240,9 @@ async def serve(
         load_elsewhere=True,  # parse the SLA file in a child process (see exporter.py)
     )
     await exporter.start()
-    runner = web.AppRunner(app(exporter, web_config), access_log=None)
+    application = app(exporter, web_config)
+    application[LINKS_KEY] = args.links
+    runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     site = web.TCPSite(
         runner, host, port, ssl_context=web_config.listening_context() if web_config else None
