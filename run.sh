@@ -166,7 +166,9 @@ cat <<MSG
 The SLA bundle is running for $config (data and logs in $here/):
   exporter       $exporter/               services, last results, recent failures
   metrics        $exporter/metrics
-  Prometheus     $ui/alerts     alerts; rules at $ui/rules, queries at $ui/graph
+  Prometheus     $ui/alerts     alerts
+                 $ui/rules      rules
+                 $ui/graph      queries
 MSG
 # Upstream's Alertmanager UI loads script.js; Debian's answers / with a page saying it has no UI.
 if answers "$alertmanager/script.js"; then
