@@ -41,13 +41,13 @@ else
   name=$(basename "$config")
   RUN=run/${name%.*}-$(printf '%s' "$config" | sha1sum | cut -c1-8)
 fi
-mkdir -p "$RUN"
 
-# Fail at once with the exporter's own words, before anything starts.
+# Fail at once with the exporter's own words, before anything starts or is created.
 if ! check=$(sla-exporter --config.check --config.file "$config" 2>&1); then
   echo "$check" >&2
   exit 1
 fi
+mkdir -p "$RUN"
 
 names=() pids=()
 start() {  # start NAME COMMAND...: run in the background, output in $RUN/NAME.log

@@ -6,6 +6,7 @@ test can run beside a stack someone already has on the default ones.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -188,6 +189,8 @@ def test_a_bad_sla_file_fails_at_once_with_the_exporters_own_message(tmp_path: P
     # The path as typed, found where it was typed, and the exporter's error for it.
     assert f"{tmp_path}/my-sla.yml: 1 error" in result.stderr, result.stderr
     assert 'unknown key "intervall"' in result.stderr, result.stderr
+    digest = hashlib.sha1(str((tmp_path / "my-sla.yml").resolve()).encode()).hexdigest()[:8]
+    assert not (ROOT / "run" / f"my-sla-{digest}").exists(), "a folder for a file that never ran"
 
 
 def test_an_sla_file_that_does_not_exist_is_named_with_where_it_was_looked_for(
