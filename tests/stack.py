@@ -221,6 +221,10 @@ def running_stack(workdir: Path, extra_config: str = "") -> Iterator[Stack]:
                 str(receiver_port),
                 "--ca-file",
                 str(workdir / "demo-ca.pem"),
+                "--pages-file",
+                str(workdir / "pages.log"),
+                "--timezone",
+                "Europe/Zurich",  # examples/demo.yml's
             ],
             f"{demo}/-/demo",
         )
