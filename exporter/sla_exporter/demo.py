@@ -103,7 +103,7 @@ button{font-size:1rem;padding:.3rem .8rem;cursor:pointer}
 .up button{background:#b00;color:#fff;border:0;border-radius:4px}
 .note{background:#f4f4f4;padding:.6rem 1rem;border-radius:4px}
 code{background:#eee;padding:0 .2rem}
-@media (max-width:40rem){.what{display:none}}
+@media (max-width:40rem){td,th{padding:.4rem .3rem}.what{font-size:.9rem}}
 """
 
 

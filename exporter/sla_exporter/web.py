@@ -186,6 +186,9 @@ td,th{border-bottom:1px solid #ddd;padding:.4rem .6rem;vertical-align:top;text-a
 .up .status{color:#080;font-weight:bold}.down .status{color:#b00;font-weight:bold}
 p.down{color:#b00}ul{margin:0;padding-left:1rem}li{margin-bottom:.2rem}
 .count{font-weight:bold}.muted{color:#777}td.failures{max-width:36rem}
+@media (max-width:40rem){body{margin:.8rem}
+td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3),
+td:nth-child(7),th:nth-child(7),td:nth-child(8),th:nth-child(8){display:none}}
 """
 
 
