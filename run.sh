@@ -42,10 +42,14 @@ else
   RUN=run/${name%.*}-$(printf '%s' "$config" | sha1sum | cut -c1-8)
 fi
 
-# Fail at once with the exporter's own words, before anything starts or is created.
-if ! check=$(sla-exporter --config.check --config.file "$config" 2>&1); then
-  echo "$check" >&2
-  exit 1
+# Your SLA file: fail at once with the exporter's own words, before anything starts or is
+# created. (The demo's file is checked by the tests; its secrets and CA only exist once the
+# demo runs, below.)
+if [ "$config" != examples/demo.yml ]; then
+  if ! check=$(sla-exporter --config.check --config.file "$config" 2>&1); then
+    echo "$check" >&2
+    exit 1
+  fi
 fi
 mkdir -p "$RUN"
 
@@ -98,7 +102,23 @@ wait_for() {  # wait_for NAME URL: poll until the URL answers; stop at once if N
 
 # The pager: Alertmanager's webhooks land here, each page written once to pages.log, with times
 # in the SLA's zone. Started for every SLA file: pages must land somewhere.
-zone=$(python -c 'import sys; from sla_exporter.config import load; print(load(sys.argv[1]).sla.timezone)' "$config")
+# The zone read from the file as YAML, its !env and !file tags left unresolved: the demo's
+# secrets do not exist yet, and the zone is all the receiver needs.
+zone=$(python - "$config" <<'PY'
+import sys
+
+import yaml
+
+
+class Loader(yaml.SafeLoader):
+    pass
+
+
+Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+sla = yaml.load(open(sys.argv[1]), Loader).get("sla") or {}  # noqa: S506 - SafeLoader's subclass
+print(sla.get("timezone") or "UTC")
+PY
+)
 pages="$RUN/pages.log"
 if [ "$config" = examples/demo.yml ]; then
   # The demo's secrets, handed over the way a real deployment would: environment and a file.

@@ -455,9 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(local_alertmanager_config(args.print_alertmanager_config, args.receiver_port), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # aiosmtpd logs every connection of every SMTP probe at INFO: hundreds of lines an hour
-    # that would bury the demo's own messages.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs every connection of every SMTP probe at INFO, and a deprecation of its own
+    # API at WARNING with each login: hundreds of lines an hour that buried the demo's own.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     asyncio.run(
         run(
             args.host,
