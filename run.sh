@@ -9,8 +9,8 @@
 #                                     run/<file name>-<hash of its path>/, its own
 #
 # Ports, for a second stack beside a running one: EXPORTER_PORT (9141), PROMETHEUS_PORT (9090),
-# ALERTMANAGER_PORT (9093), RECEIVER_PORT (9095). The demo services keep 9401 and 9402, which
-# examples/demo.yml names.
+# ALERTMANAGER_PORT (9093), RECEIVER_PORT (9095), and for the demo services DEMO_HTTP_PORT (9401)
+# and DEMO_SMTP_PORT (9402), which examples/demo.yml names; DEMO_RUN_DIR (run) the demo's folder.
 set -euo pipefail
 
 # The SLA file as the user typed it: relative to the folder they are in, not to this repository.
@@ -31,9 +31,21 @@ prometheus_port=${PROMETHEUS_PORT:-9090}
 alertmanager_port=${ALERTMANAGER_PORT:-9093}
 receiver_port=${RECEIVER_PORT:-9095}
 
+demo=
+demo_http_port=${DEMO_HTTP_PORT:-9401}
+demo_smtp_port=${DEMO_SMTP_PORT:-9402}
 if [ -z "$config" ]; then
+  demo=1
   config=examples/demo.yml
-  RUN=run  # examples/demo.yml reads its CA and SMTP password from here
+  RUN=${DEMO_RUN_DIR:-run}  # examples/demo.yml reads its CA and SMTP password from run/
+  if [ "$demo_http_port:$demo_smtp_port:$RUN" != 9401:9402:run ]; then
+    # The demo file with its ports and its folder moved (the tests run a demo beside yours).
+    mkdir -p "$RUN"
+    RUN=$(realpath "$RUN")
+    sed -e "s/127.0.0.1:9401/127.0.0.1:$demo_http_port/" -e "s/port: 9402/port: $demo_smtp_port/" \
+      -e "s#\.\./run/#$RUN/#" examples/demo.yml >"$RUN/demo.yml"
+    config=$RUN/demo.yml
+  fi
 else
   # Each SLA file its own Prometheus data, alerts and month ledger: your stack must not page
   # about the demo's services, nor count the demo's outages in your month. Named after the file
@@ -45,7 +57,7 @@ fi
 # Your SLA file: fail at once with the exporter's own words, before anything starts or is
 # created. (The demo's file is checked by the tests; its secrets and CA only exist once the
 # demo runs, below.)
-if [ "$config" != examples/demo.yml ]; then
+if [ -z "$demo" ]; then
   if ! check=$(sla-exporter --config.check --config.file "$config" 2>&1); then
     echo "$check" >&2
     exit 1
@@ -120,14 +132,15 @@ print(sla.get("timezone") or "UTC")
 PY
 )
 pages="$RUN/pages.log"
-if [ "$config" = examples/demo.yml ]; then
+if [ -n "$demo" ]; then
   # The demo's secrets, handed over the way a real deployment would: environment and a file.
   export DEMO_API_TOKEN="Bearer demo-api-token" DEMO_SMS_TOKEN=demo-sms-token
   printf 'demo-smtp-password\n' >"$RUN/smtp-password"
   chmod 600 "$RUN/smtp-password"
   start demo sla-exporter-demo --ca-file "$RUN/demo-ca.pem" --receiver-port "$receiver_port" \
-    --pages-file "$pages" --timezone "$zone"
-  wait_for demo http://127.0.0.1:9401/-/demo
+    --http-port "$demo_http_port" --smtp-port "$demo_smtp_port" --pages-file "$pages" \
+    --timezone "$zone"
+  wait_for demo "http://127.0.0.1:$demo_http_port/-/demo"
 else
   start receiver sla-exporter-demo --receiver-only --receiver-port "$receiver_port" \
     --pages-file "$pages" --timezone "$zone"
@@ -138,8 +151,8 @@ exporter=http://127.0.0.1:$exporter_port
 prometheus=http://127.0.0.1:$prometheus_port
 alertmanager=http://127.0.0.1:$alertmanager_port
 links=(--web.link "Prometheus alerts=$prometheus/classic/alerts")
-if [ "$config" = examples/demo.yml ]; then
-  links+=(--web.link "Demo switches=http://127.0.0.1:9401/-/demo")
+if [ -n "$demo" ]; then
+  links+=(--web.link "Demo switches=http://127.0.0.1:$demo_http_port/-/demo")
 fi
 start exporter sla-exporter --config.file "$config" --web.listen-address "127.0.0.1:$exporter_port" \
   --storage.path "$RUN/sla-ledger.json" "${links[@]}"
@@ -201,8 +214,8 @@ else
     silence one    amtool --alertmanager.url=$alertmanager silence add sla_service=api -d 1h -c "why"
 MSG
 fi
-if [ "$config" = examples/demo.yml ]; then
-  echo "  demo services  http://127.0.0.1:9401/-/demo    take a service down, watch it page"
+if [ -n "$demo" ]; then
+  echo "  demo services  http://127.0.0.1:$demo_http_port/-/demo    take a service down, watch it page"
 fi
 cat <<MSG
   pages          tail -f $pages    each page and ticket on-call would receive, once

@@ -208,3 +208,49 @@ def test_an_sla_file_that_does_not_exist_is_named_with_where_it_was_looked_for(
     assert f"SLA_CONFIG=nope.yml: no such file (relative paths are taken from {tmp_path})" in (
         result.stderr
     )
+
+
+def test_the_demo_starts_prints_addresses_that_answer_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """./run.sh with no SLA file, on ports and a folder of its own (not the repository's run/)."""
+    ports = {
+        name: str(free_port())
+        for name in (
+            "EXPORTER_PORT",
+            "PROMETHEUS_PORT",
+            "ALERTMANAGER_PORT",
+            "RECEIVER_PORT",
+            "DEMO_HTTP_PORT",
+            "DEMO_SMTP_PORT",
+        )
+    }
+    run = start_run_sh(tmp_path, {**ports, "DEMO_RUN_DIR": str(tmp_path / "demo")})
+    try:
+        wait_for(
+            lambda: "Ctrl-C stops everything." in run.output() or run.popen.poll() is not None,
+            "run.sh to say the demo is running",
+            timeout=120,
+        )
+        assert "Ctrl-C stops everything." in run.output(), run.output()
+        urls = re.findall(r"https?://\S+", run.output())
+        assert f"http://127.0.0.1:{ports['DEMO_HTTP_PORT']}/-/demo" in urls
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200, url
+        # Every demo service probed and up: its secrets and CA reached the exporter.
+        metrics = f"http://127.0.0.1:{ports['EXPORTER_PORT']}/metrics"
+
+        def successes() -> list[str]:
+            text = http_get(metrics) or ""
+            return [
+                line.split()[-1]
+                for line in text.splitlines()
+                if line.startswith("sla_probe_success{")
+            ]
+
+        wait_for(lambda: successes() == ["1.0"] * 5, "the five demo services up", timeout=60)
+    finally:
+        os.kill(run.popen.pid, signal.SIGINT)
+        code = run.popen.wait(timeout=30)
+    time.sleep(0.2)
+    assert code == 0
+    assert "exited" not in run.output().split("Ctrl-C stops everything.")[1]
