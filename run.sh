@@ -1,85 +1,228 @@
 #!/usr/bin/env bash
-# The whole bundle on loopback, no Docker: simulated services, the exporter probing them,
-# Prometheus with our rules, Alertmanager routing pages to a webhook that prints them.
-# Installs what is missing first (see scripts/install.sh). Ctrl-C stops everything.
+# The whole bundle on loopback, no Docker: the exporter probing, Prometheus with our rules,
+# Alertmanager routing pages to a receiver that writes them to a file. With no SLA file given,
+# simulated services to probe too. Installs what is missing first (see scripts/install.sh).
+# Ctrl-C stops everything.
 #
-#   ./run.sh                      demo services and examples/demo.yml
-#   SLA_CONFIG=my-sla.yml ./run.sh  your own SLA file (no demo services)
+#   ./run.sh                          demo services and examples/demo.yml; data in run/
+#   SLA_CONFIG=my-sla.yml ./run.sh    your own SLA file (no demo services); data in
+#                                     run/<file name>-<hash of its path>/, its own
+#
+# Ports, for a second stack beside a running one: EXPORTER_PORT (9141), PROMETHEUS_PORT (9090),
+# ALERTMANAGER_PORT (9093), RECEIVER_PORT (9095), and for the demo services DEMO_HTTP_PORT (9401)
+# and DEMO_SMTP_PORT (9402), which examples/demo.yml names; DEMO_RUN_DIR (run) the demo's folder.
 set -euo pipefail
+
+# The SLA file as the user typed it: relative to the folder they are in, not to this repository.
+config=${SLA_CONFIG:-}
+if [ -n "$config" ]; then
+  if [ ! -f "$config" ]; then
+    echo "SLA_CONFIG=$config: no such file (relative paths are taken from $PWD)" >&2
+    exit 1
+  fi
+  config=$(realpath "$config")
+fi
 cd "$(dirname "$0")"
 scripts/install.sh
 . .venv/bin/activate
 
-RUN=run  # examples/demo.yml reads its CA and SMTP password from here
+exporter_port=${EXPORTER_PORT:-9141}
+prometheus_port=${PROMETHEUS_PORT:-9090}
+alertmanager_port=${ALERTMANAGER_PORT:-9093}
+receiver_port=${RECEIVER_PORT:-9095}
+
+demo=
+demo_http_port=${DEMO_HTTP_PORT:-9401}
+demo_smtp_port=${DEMO_SMTP_PORT:-9402}
+if [ -z "$config" ]; then
+  demo=1
+  config=examples/demo.yml
+  RUN=${DEMO_RUN_DIR:-run}  # examples/demo.yml reads its CA and SMTP password from run/
+  if [ "$demo_http_port:$demo_smtp_port:$RUN" != 9401:9402:run ]; then
+    # The demo file with its ports and its folder moved (the tests run a demo beside yours).
+    mkdir -p "$RUN"
+    RUN=$(realpath "$RUN")
+    sed -e "s/127.0.0.1:9401/127.0.0.1:$demo_http_port/" -e "s/port: 9402/port: $demo_smtp_port/" \
+      -e "s#\.\./run/#$RUN/#" examples/demo.yml >"$RUN/demo.yml"
+    config=$RUN/demo.yml
+  fi
+else
+  # Each SLA file its own Prometheus data, alerts and month ledger: your stack must not page
+  # about the demo's services, nor count the demo's outages in your month. Named after the file
+  # and a hash of its full path, so two my-sla.yml in different folders stay apart too.
+  name=$(basename "$config")
+  RUN=run/${name%.*}-$(printf '%s' "$config" | sha1sum | cut -c1-8)
+fi
+
+# Your SLA file: fail at once with the exporter's own words, before anything starts or is
+# created. (The demo's file is checked by the tests; its secrets and CA only exist once the
+# demo runs, below.)
+if [ -z "$demo" ]; then
+  if ! check=$(sla-exporter --config.check --config.file "$config" 2>&1); then
+    echo "$check" >&2
+    exit 1
+  fi
+fi
 mkdir -p "$RUN"
-pids=()
+
+names=() pids=()
+start() {  # start NAME COMMAND...: run in the background, output in $RUN/NAME.log
+  local name=$1
+  shift
+  # setsid: a session of its own, so Ctrl-C in the terminal reaches this script alone, which
+  # stops the processes itself. Before, each process got the Ctrl-C too and exited on its own,
+  # and the script reported that as a crash before it had even begun to stop them.
+  setsid "$@" >"$RUN/$name.log" 2>&1 &
+  names+=("$name") pids+=($!)
+}
 cleanup() {
   trap - INT TERM EXIT
   echo; echo "stopping..."
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap 'cleanup; exit 0' INT TERM
 trap cleanup EXIT
+trap 'exit 0' INT TERM
 
-wait_for() {  # wait_for NAME URL: poll until the URL answers, for at most 30 s
+exited() {  # say which process has exited, with the end of its log
+  local i
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "${names[$i]} exited; the end of $(realpath "$RUN/${names[$i]}.log"):" >&2
+      tail -n 20 "$RUN/${names[$i]}.log" >&2
+    fi
+  done
+}
+
+answers() {  # answers URL: true if the URL answers 200
+  python -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null
+}
+
+wait_for() {  # wait_for NAME URL: poll until the URL answers; stop at once if NAME exited
+  local pid=${pids[-1]}
   for _ in $(seq 300); do
-    if python -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$2" 2>/dev/null; then
-      return 0
+    answers "$2" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      exited
+      exit 1
     fi
     sleep 0.1
   done
-  echo "$1 did not come up at $2; see $RUN/$1.log" >&2
+  echo "$1 did not come up at $2 within 30 s; see $RUN/$1.log" >&2
   exit 1
 }
 
-config=${SLA_CONFIG:-}
-if [ -z "$config" ]; then
-  config=examples/demo.yml
+# The pager: Alertmanager's webhooks land here, each page written once to pages.log, with times
+# in the SLA's zone. Started for every SLA file: pages must land somewhere.
+# The zone read from the file as YAML, its !env and !file tags left unresolved: the demo's
+# secrets do not exist yet, and the zone is all the receiver needs.
+zone=$(python - "$config" <<'PY'
+import sys
+
+import yaml
+
+
+class Loader(yaml.SafeLoader):
+    pass
+
+
+Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+sla = yaml.load(open(sys.argv[1]), Loader).get("sla") or {}  # noqa: S506 - SafeLoader's subclass
+print(sla.get("timezone") or "UTC")
+PY
+)
+pages="$RUN/pages.log"
+if [ -n "$demo" ]; then
   # The demo's secrets, handed over the way a real deployment would: environment and a file.
   export DEMO_API_TOKEN="Bearer demo-api-token" DEMO_SMS_TOKEN=demo-sms-token
   printf 'demo-smtp-password\n' >"$RUN/smtp-password"
   chmod 600 "$RUN/smtp-password"
-  sla-exporter-demo --ca-file "$RUN/demo-ca.pem" >"$RUN/demo.log" 2>&1 &
-  pids+=($!)
-  wait_for demo http://127.0.0.1:9401/-/demo
+  start demo sla-exporter-demo --ca-file "$RUN/demo-ca.pem" --receiver-port "$receiver_port" \
+    --http-port "$demo_http_port" --smtp-port "$demo_smtp_port" --pages-file "$pages" \
+    --timezone "$zone"
+  wait_for demo "http://127.0.0.1:$demo_http_port/-/demo"
+else
+  start receiver sla-exporter-demo --receiver-only --receiver-port "$receiver_port" \
+    --pages-file "$pages" --timezone "$zone"
+  wait_for receiver "http://127.0.0.1:$receiver_port/"
 fi
 
-sla-exporter --config.file "$config" --web.listen-address 127.0.0.1:9141 \
-  --storage.path "$RUN/sla-ledger.json" >"$RUN/exporter.log" 2>&1 &
-pids+=($!)
-wait_for exporter http://127.0.0.1:9141/-/ready
+exporter=http://127.0.0.1:$exporter_port
+prometheus=http://127.0.0.1:$prometheus_port
+alertmanager=http://127.0.0.1:$alertmanager_port
+links=(--web.link "Prometheus alerts=$prometheus/classic/alerts")
+if [ -n "$demo" ]; then
+  links+=(--web.link "Demo switches=http://127.0.0.1:$demo_http_port/-/demo")
+fi
+start exporter sla-exporter --config.file "$config" --web.listen-address "127.0.0.1:$exporter_port" \
+  --storage.path "$RUN/sla-ledger.json" "${links[@]}"
+wait_for exporter "$exporter/-/ready"
 
+# The shipped Prometheus config with this run's ports and the rules by absolute path.
+python - "$RUN/prometheus.yml" "$exporter_port" "$alertmanager_port" <<'PY'
+import sys
+from pathlib import Path
+
+import yaml
+
+out, exporter_port, alertmanager_port = sys.argv[1:]
+config = yaml.safe_load(Path("prometheus/prometheus.yml").read_text())
+config["rule_files"] = [str(Path("prometheus/rules/*.yml").resolve())]
+config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+    f"127.0.0.1:{alertmanager_port}"
+]
+config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{exporter_port}"]
+Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
+PY
 # 400 days of retention keeps the last 13 calendar months queryable.
-prometheus --config.file prometheus/prometheus.yml --storage.tsdb.path "$RUN/prometheus" \
-  --storage.tsdb.retention.time 400d --web.listen-address 127.0.0.1:9090 \
-  --web.enable-lifecycle >"$RUN/prometheus.log" 2>&1 &
-pids+=($!)
-wait_for prometheus http://127.0.0.1:9090/-/ready
+start prometheus prometheus --config.file "$RUN/prometheus.yml" --storage.tsdb.path "$RUN/prometheus" \
+  --storage.tsdb.retention.time 400d --web.listen-address "127.0.0.1:$prometheus_port" \
+  --web.enable-lifecycle
+wait_for prometheus "$prometheus/-/ready"
 
-# The shipped routing with its webhooks pointed at the demo's receiver and the e-mail
-# receivers left out: they name a mail relay on the internet.
-sla-exporter-demo --print-alertmanager-config alertmanager/alertmanager.yml >"$RUN/alertmanager.yml"
-prometheus-alertmanager --config.file "$RUN/alertmanager.yml" \
-  --storage.path "$RUN/alertmanager" --web.listen-address 127.0.0.1:9093 \
-  --cluster.listen-address= >"$RUN/alertmanager.log" 2>&1 &
-pids+=($!)
-wait_for alertmanager http://127.0.0.1:9093/-/ready
+# The shipped routing with its webhooks pointed at our receiver and the e-mail receivers left
+# out: they name a mail relay on the internet.
+sla-exporter-demo --print-alertmanager-config alertmanager/alertmanager.yml \
+  --receiver-port "$receiver_port" >"$RUN/alertmanager.yml"
+start alertmanager prometheus-alertmanager --config.file "$RUN/alertmanager.yml" \
+  --storage.path "$RUN/alertmanager" --web.listen-address "127.0.0.1:$alertmanager_port" \
+  --cluster.listen-address=
+wait_for alertmanager "$alertmanager/-/ready"
 
+# Addresses that work for the versions installed: Debian's Prometheus 2.42 serves its UI under
+# /classic/ (the new UI is not packaged), and Debian's Alertmanager has no web UI at all.
+if answers "$prometheus/alerts"; then ui=$prometheus; else ui=$prometheus/classic; fi
+here=$(realpath "$RUN")
+pages=$here/pages.log
 cat <<MSG
 
-The SLA bundle is running (logs in $RUN/):
-  exporter       http://127.0.0.1:9141/          services, last results, recent failures
-  metrics        http://127.0.0.1:9141/metrics
-  Prometheus     http://127.0.0.1:9090/alerts    rules and alerts
-  Alertmanager   http://127.0.0.1:9093/
+The SLA bundle is running for $config (data and logs in $here/):
+  exporter       $exporter/               services, last results, recent failures
+  metrics        $exporter/metrics
+  Prometheus     $ui/alerts     alerts
+                 $ui/rules      rules
+                 $ui/graph      queries
 MSG
-if [ -z "${SLA_CONFIG:-}" ]; then
+# Upstream's Alertmanager UI loads script.js; Debian's answers / with a page saying it has no UI.
+if answers "$alertmanager/script.js"; then
+  echo "  Alertmanager   $alertmanager/#/alerts   alerts and silences"
+else
   cat <<MSG
-  demo services  http://127.0.0.1:9401/-/demo     take a service down, watch it page
-  pages          tail -f $RUN/demo.log            what on-call would receive
+  Alertmanager   $alertmanager/api/v2/alerts   alerts as JSON (this Alertmanager has no web UI)
+    alerts         amtool --alertmanager.url=$alertmanager alert query
+    silences       amtool --alertmanager.url=$alertmanager silence query
+    silence one    amtool --alertmanager.url=$alertmanager silence add sla_service=api -d 1h -c "why"
 MSG
 fi
-echo; echo "Ctrl-C stops everything."
+if [ -n "$demo" ]; then
+  echo "  demo services  http://127.0.0.1:$demo_http_port/-/demo    take a service down, watch it page"
+fi
+cat <<MSG
+  pages          tail -f $pages    each page and ticket on-call would receive, once
+
+Ctrl-C stops everything.
+MSG
+# Here only when a process exited by itself (Ctrl-C leaves through the trap above).
 wait -n "${pids[@]}" || true
-echo "a process exited; see the logs in $RUN/" >&2
+exited
+exit 1

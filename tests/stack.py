@@ -225,6 +225,10 @@ def running_stack(workdir: Path, extra_config: str = "", interval: str = "1s") -
                 str(receiver_port),
                 "--ca-file",
                 str(workdir / "demo-ca.pem"),
+                "--pages-file",
+                str(workdir / "pages.log"),
+                "--timezone",
+                "Europe/Zurich",  # examples/demo.yml's
             ],
             f"{demo}/-/demo",
         )

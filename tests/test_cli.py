@@ -202,6 +202,51 @@ def test_a_bad_config_at_start_exits_1_with_every_error(tmp_path: Path) -> None:
     assert "services.a: must set exactly one probe kind (http, smtp, sms_gateway)" in result.stderr
 
 
+def test_help_shows_the_default_of_every_flag_that_has_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sla_exporter", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},  # no wrapping inside a default
+    )
+    # One entry per flag: its line and the help lines indented under it, joined.
+    lines: list[str] = []
+    for line in result.stdout.splitlines():
+        if line.startswith("  -"):
+            lines.append(line)
+        elif lines and line.startswith("   "):
+            lines[-1] += " " + line.strip()
+    for flag, default in [
+        ("--config.file", "sla.yml"),
+        ("--web.listen-address", ":9141"),
+        ("--storage.path", "data/sla-ledger.json"),
+        ("--probes.max-concurrency", "128"),
+        ("--shard", "1/1"),
+        ("--log.level", "info"),
+        ("--log.format", "logfmt"),
+    ]:
+        [line] = [line for line in lines if line.lstrip().startswith(flag)]
+        assert f"(default: {default}" in line, line
+    [check] = [line for line in lines if line.lstrip().startswith("--config.check")]
+    assert "default" not in check  # a switch: "(default: False)" would only be noise
+
+
+def test_log_level_warn_logs_level_warn_as_the_flag_spells_it() -> None:
+    code = (
+        "import logging; from sla_exporter.cli import setup_logging; "
+        "setup_logging('warn', 'logfmt'); "
+        "logging.getLogger('sla_exporter').info('hidden'); "
+        "logging.getLogger('sla_exporter').warning('shown')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    [line] = result.stderr.splitlines()
+    assert " level=warn logger=sla_exporter msg=shown" in line
+
+
 def test_logfmt_is_the_default_log_format(tmp_path: Path) -> None:
     proc, _, port = launch(tmp_path)
     proc.wait_for(lambda: "Ready" in get(f"http://127.0.0.1:{port}/-/ready"), "readiness")

@@ -159,6 +159,8 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # strings
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges
+    text = re.sub(r"%[-+#0-9.]*[a-z]", " 0 ", text)  # printf verbs of alert templates: numbers
+    text = re.sub(r"\boffset\s+-?\w+", " ", text)  # offset 1h
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     text = re.sub(r"(?<![\w:$])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)  # numbers, 1e-6
     names = set()

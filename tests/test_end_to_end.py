@@ -6,6 +6,8 @@ rules every second, and Alertmanager routing to a webhook receiver, all on loopb
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,8 +77,42 @@ def test_an_outage_pages_on_call_with_the_service_and_severity_and_recovery_reso
     assert page["annotations"]["runbook_url"].endswith("docs/runbook.md#slaservicedown")
     assert not pages(stack, "firing", "SLAServiceDown", "website")  # only the broken service
 
+    # The time the page shows is in the SLA's zone (examples/demo.yml: Europe/Zurich).
+    assert re.search(
+        r"failing since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0[12]:00 \(Europe/Zurich\)",
+        page["annotations"]["description"],
+    ), page["annotations"]["description"]
+
     stack.set_service("api", up=True)
     wait_for(lambda: pages(stack, "resolved", "SLAServiceDown", "api"), "the resolution", 60)
+
+
+def test_after_the_recovery_nothing_new_fires_and_every_resolution_comes_once(
+    stack: Stack,
+) -> None:
+    """The replay of issue 14 on a young Prometheus: outage, page, recovery, then silence.
+
+    Runs after the outage above, on a stack a minute or two old. The burn-rate alerts read that
+    minute as "the last hour": they went pending with the outage and paged after the recovery.
+    They are only pending at first (`for`), so ALERTS shows them long before they would page.
+    """
+    assert pages(stack, "resolved", "SLAServiceDown", "api"), "run after the outage test"
+    seen = len(stack.notifications())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert not stack.query('ALERTS{sla_service="api"}'), "an alert about api after recovery"
+        assert len(stack.notifications()) == seen, stack.notifications()[seen:]
+        time.sleep(1)
+    about_api = [n for n in stack.notifications() if n["labels"].get("sla_service") == "api"]
+    firing = [n["labels"]["alertname"] for n in about_api if n["status"] == "firing"]
+    resolved = [n["labels"]["alertname"] for n in about_api if n["status"] == "resolved"]
+    assert firing == ["SLAServiceDown"]
+    assert resolved == ["SLAServiceDown"]
+    # And the receiver's pages file, what on-call reads, tells the same: one page, one end.
+    text = (stack.workdir / "pages.log").read_text()
+    assert text.count("FIRING  SLAServiceDown api") == 1, text
+    assert text.count("RESOLVED  SLAServiceDown api") == 1, text
+    assert re.search(r"api was down for \d+ s, from .*; back since .*\+0[12]:00\.", text), text
 
 
 def test_an_outage_inside_declared_maintenance_pages_nobody_and_leaves_the_month_unchanged(

@@ -27,7 +27,7 @@ from yarl import URL
 
 from sla_exporter import web as web_module
 from sla_exporter.exporter import Exporter
-from sla_exporter.web import make_app
+from sla_exporter.web import LINKS_KEY, make_app
 from sla_exporter.webconfig import WebConfig
 from tests.conftest import server_context
 
@@ -333,6 +333,41 @@ async def test_the_landing_page_lists_each_service_with_its_last_result(running)
     for name in ("website", "api", "refused"):
         assert f"<td>{name}</td>" in page
     assert "<b>connect</b>" in page  # the reason of the refused service's failures
+
+
+async def test_the_landing_page_shows_each_distinct_failure_once_with_its_count(running) -> None:
+    exporter, server, _, _ = running
+    state = exporter.store.services["refused"]
+
+    async def three_failures() -> bool:
+        return len(state.recent_failures) >= 3
+
+    await eventually(three_failures)
+    _, page = await fetch(server, "/")
+    # The refused service fails the same way every time: one line with its count, not many.
+    assert page.count("<li><b>connect</b>") == 1
+    count = int(page.split('<span class="count">&times;')[1].split("<")[0])
+    assert count >= 3
+    assert exporter.config is not None
+    assert f"Times in {exporter.config.sla.timezone}." in page
+
+
+async def test_the_landing_page_links_what_it_is_given_and_no_status_page_that_does_not_exist(
+    running,
+) -> None:
+    exporter, _, _, _ = running
+    app = make_app(exporter)
+    app[LINKS_KEY] = [("Prometheus", "http://127.0.0.1:9090/classic/alerts")]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        status, page = await fetch(server, "/")
+    finally:
+        await server.close()
+    assert status == 200
+    assert '<a href="http://127.0.0.1:9090/classic/alerts">Prometheus</a>' in page
+    assert '<a href="/metrics">Metrics</a>' in page
+    assert "Status page" not in page  # /status is not served (yet): no dead link
 
 
 async def test_health_readiness_and_no_endpoint_that_probes_a_given_target(running) -> None:

@@ -618,14 +618,16 @@ def mails() -> Iterator[Mails]:
 class Alertmanager:
     url: str
 
-    def post(self, *alerts: dict[str, Any]) -> None:
+    def post(self, *alerts: dict[str, Any], resolved: bool = False) -> None:
+        """Send alerts as Prometheus does: firing since 3 minutes, or `resolved` a second ago."""
         now = datetime.now(UTC)
+        ends = now - timedelta(seconds=1) if resolved else now + timedelta(hours=1)
         payload = [
             {
                 "labels": alert["labels"],
                 "annotations": alert.get("annotations", {}),
                 "startsAt": (now - timedelta(minutes=3)).isoformat(),
-                "endsAt": (now + timedelta(hours=1)).isoformat(),
+                "endsAt": ends.isoformat(),
                 "generatorURL": "http://prometheus.test/graph",
             }
             for alert in alerts
@@ -849,6 +851,32 @@ def test_a_page_tells_on_call_what_is_broken_since_when_the_budget_left_and_the_
     ):
         assert expected in mail, f"{expected!r} not in the mail:\n{mail}"
     assert ("SLAServiceDown", "app") not in webhooks.alertnames("/ticket")
+
+
+def test_a_resolved_page_says_how_long_it_lasted_and_since_when_it_is_over(
+    alertmanager: Alertmanager, mails: Mails
+) -> None:
+    alert = {
+        "labels": {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "rs"},
+        "annotations": {"summary": "rs is down", "runbook_url": RUNBOOK_PREFIX + "slaservicedown"},
+    }
+    alertmanager.post(alert)
+    wait_for(lambda: any("[FIRING:1] SLAServiceDown rs" in m for m in mails.messages), "firing")
+    alertmanager.post(alert, resolved=True)
+    message = wait_for(
+        lambda: next((m for m in mails.messages if "[RESOLVED] SLAServiceDown rs" in m), None),
+        "the resolved mail",
+    )
+    parsed = email.message_from_string(message, policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    mail = parsed.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    # What happened, not the firing summary again as if it were still true.
+    mail = mail.replace("\r\n", "\n")
+    # About 3 minutes (StartsAt 3 min before the post, EndsAt a second before the second one).
+    assert re.search(r"^Over after [23]m\d+s: SLAServiceDown rs no longer fires\.$", mail, re.M)
+    assert "It had said:    rs is down" in mail
+    assert "Back since:" in mail
+    assert not re.search(r"^rs is down", mail, re.M)
 
 
 @pytest.mark.slow

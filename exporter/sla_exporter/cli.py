@@ -20,7 +20,7 @@ from . import config as config_mod
 from .config import ConfigInvalid
 from .durations import parse_duration
 from .exporter import Exporter, Shard
-from .web import ConnectionCap, make_app
+from .web import LINKS_KEY, ConnectionCap, make_app
 from .webconfig import WebConfigFile
 
 log = logging.getLogger("sla_exporter")
@@ -40,10 +40,21 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """--help with each flag's default, as Prometheus prints it; none for switches and unset."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sla-exporter",
         description="Probe the services an SLA promises and expose exact counters for Prometheus.",
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--config.file", dest="config_file", default="sla.yml", help="SLA file")
     parser.add_argument(
@@ -81,10 +92,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "TLS handshake, before it is closed (default: %(default)s)",
     )
     parser.add_argument(
+        "--web.link",
+        dest="links",
+        type=_link,
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a link for the landing page, e.g. Prometheus=http://127.0.0.1:9090/; repeatable",
+    )
+    parser.add_argument(
         "--storage.path",
         dest="storage_path",
         default="data/sla-ledger.json",
-        help="the month ledger, kept across restarts; empty keeps it in memory only",
+        help="the month ledger, kept across restarts; empty keeps it in memory only"
+        " (relative to the working directory)",
     )
     parser.add_argument(
         "--storage.recover-from",
@@ -141,13 +162,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="event_loop",
         default=DEFAULT_EVENT_LOOP,
         choices=EVENT_LOOPS,
-        help="the event loop the probes run on (default: %(default)s)",
+        help="the event loop the probes run on (default: %(default)s where installed)",
     )
     parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="log this level and above",
     )
     parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format",
     )
     parser.add_argument("--version", action="version", version=f"sla-exporter {__version__}")
     return parser.parse_args(argv)
@@ -168,11 +197,25 @@ def run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
         return runner.run(main)
 
 
+def _link(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://", "/")):
+        raise argparse.ArgumentTypeError(f"must be NAME=URL with an http(s) URL, got {text!r}")
+    return name, url
+
+
 def _shard(text: str) -> Shard:
     try:
         return Shard.parse(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).removeprefix("--shard ")) from None
+
+
+def _warn(logger: Any, method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """level=warn, as the flag and Prometheus' own logs spell it, not Python's "warning"."""
+    if event.get("level") == "warning":
+        event["level"] = "warn"
+    return event
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -186,6 +229,7 @@ def setup_logging(level: str, fmt: str) -> None:
         foreign_pre_chain=[
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.stdlib.add_log_level,
+            _warn,
             structlog.stdlib.add_logger_name,
         ],
         processors=[
@@ -326,8 +370,10 @@ async def serve(
     )
     exporter.status_public = args.status_public
     await exporter.start()
+    application = app(exporter, web_config)
+    application[LINKS_KEY] = args.links
     runner = web.AppRunner(
-        app(exporter, web_config),
+        application,
         access_log=None,
         # Idle connections and requests whose headers have not all arrived are closed after
         # this long (aiohttp's default is an hour: a slow-loris holds a descriptor that long).

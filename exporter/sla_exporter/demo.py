@@ -14,9 +14,11 @@ import secrets
 import signal
 import ssl
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import yaml
 from aiohttp import web
@@ -80,18 +82,61 @@ async def sms_status(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "balance": 1000})
 
 
+# What "take down" does to each service, and what the probe of examples/demo.yml then sees.
+OUTAGES = {
+    "website": ("Website and FAQ", "answers 503 Service Unavailable"),
+    "app": ("Online application", "login and dashboard answer 502 Bad Gateway"),
+    "api": ("API", 'answers 200 with {"status": "degraded"}: the probe checks the JSON'),
+    "smtp": ("SMTP relay", "accepts connections and hangs up with 554"),
+    "sms": ("SMS gateway", 'answers 200 with {"status": "error"}: carrier link down'),
+}
+PAGES_FILE: web.AppKey[str] = web.AppKey("pages_file")
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem;
+color:#222;line-height:1.4}
+h1{font-size:1.6rem}table{border-collapse:collapse;width:100%}
+td,th{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:middle}
+.up .state{color:#080;font-weight:bold}.down .state{color:#b00;font-weight:bold}
+button{font-size:1rem;padding:.3rem .8rem;cursor:pointer}
+.down button{background:#080;color:#fff;border:0;border-radius:4px}
+.up button{background:#b00;color:#fff;border:0;border-radius:4px}
+.note{background:#f4f4f4;padding:.6rem 1rem;border-radius:4px}
+code{background:#eee;padding:0 .2rem}
+@media (max-width:40rem){td,th{padding:.4rem .3rem}.what{font-size:.9rem}}
+"""
+
+
 async def control_page(request: web.Request) -> web.Response:
+    """The demo's switches: take a simulated service down, bring it back, see what it does."""
     down = request.app[DOWN]
+    e = html.escape
     rows = "".join(
-        f"<tr><td>{name}</td><td>{'DOWN' if name in down else 'up'}</td><td>"
+        f'<tr class="{"down" if name in down else "up"}"><td><b>{e(name)}</b><br>'
+        f"<small>{e(OUTAGES[name][0])}</small></td>"
+        f'<td class="state">{"DOWN" if name in down else "up"}</td>'
+        f'<td class="what">{e(OUTAGES[name][1])}</td><td>'
         f'<form method="post" action="/-/demo/{"up" if name in down else "down"}/{name}">'
         f"<button>{'bring up' if name in down else 'take down'}</button></form></td></tr>"
         for name in SERVICES
     )
-    return web.Response(
-        text=f"<html><body><h1>Demo services</h1><table>{rows}</table></body></html>",
-        content_type="text/html",
-    )
+    pages = request.app[PAGES_FILE]
+    where = f"in <code>{e(pages)}</code>" if pages else "in the demo's log"
+    text = f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>Demo services</title><style>{_STYLE}</style></head>
+<body><h1>Demo services</h1>
+<p>Simulated stand-ins for the five services of the Mailpro SLA, probed by the exporter.
+<b>Take down</b> makes a service fail the way the table says, until you bring it back:
+nothing else changes, so what follows is what a real outage would cause.</p>
+<table><tr><th>Service</th><th>Now</th><th class="what">When down, it</th><th></th></tr>
+{rows}</table>
+<p class="note">The exporter probes each service every 5 to 15 seconds. Three failed probes in a
+row page on-call (<code>SLAServiceDown</code>, within a minute); bringing the service back
+resolves the page. The pages arrive {where}, one block each.</p>
+</body></html>
+"""
+    return web.Response(text=text, content_type="text/html")
 
 
 async def toggle(request: web.Request) -> web.Response:
@@ -110,26 +155,122 @@ async def toggle(request: web.Request) -> web.Response:
 
 
 PAGES: web.AppKey[list[dict[str, Any]]] = web.AppKey("pages")
+PAGER: web.AppKey[Pager] = web.AppKey("pager")
+
+
+def _parse_time(text: str) -> datetime | None:
+    """Alertmanager's RFC 3339 time; None for its zero time (an alert with no end yet)."""
+    if not text or text.startswith("0001-"):
+        return None
+    # Go writes up to 9 fractional digits; Python reads 6.
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _duration(seconds: float) -> str:
+    """4 min, 1 h 5 min, 40 s: how long an alert lasted, as a person says it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
+
+
+class Pager:
+    """What an on-call person's pager shows: each page once, as a block, in the SLA's zone.
+
+    Alertmanager sends a group's whole state with every notification of the group: an alert
+    resolved earlier rides along again when another alert of its group fires, and a firing one
+    comes back every repeat_interval. A pager keys on the alert and tells only what changed
+    (PagerDuty's dedup_key does the same): a firing alert once, a repeat as a reminder, its
+    resolution exactly once.
+    """
+
+    def __init__(self, path: Path | None, zone: str) -> None:
+        self.path = path
+        self.zone = ZoneInfo(zone)
+        self.seen: set[tuple[str, str, str]] = set()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def local(self, when: datetime) -> str:
+        """A time in the SLA's zone with its offset at that time: 2026-12-04 05:50:42 +01:00."""
+        return when.astimezone(self.zone).isoformat(sep=" ", timespec="seconds")
+
+    def block(self, route: str, alert: dict[str, Any]) -> str | None:
+        """The text of one page, or None if the pager has already shown this exact news."""
+        labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
+        status = alert.get("status", "?")
+        starts, ends = _parse_time(alert.get("startsAt", "")), _parse_time(alert.get("endsAt", ""))
+        key = (alert.get("fingerprint") or repr(sorted(labels.items())), str(starts), status)
+        repeat = key in self.seen
+        self.seen.add(key)
+        if repeat and status == "resolved":
+            return None
+        name, service = labels.get("alertname", "?"), labels.get("sla_service", "")
+        severity = labels.get("severity", "")
+        now = self.local(datetime.now(UTC))
+        head = f"{now}  {route}  {status.upper()}{' (reminder)' if repeat else ''}  {name}"
+        head += f"{' ' + service if service else ''}{f' ({severity})' if severity else ''}"
+        lines = [head]
+        if status == "resolved" and starts is not None and ends is not None:
+            lasted = _duration((ends - starts).total_seconds())
+            if name == "SLAServiceDown" and service:
+                lines.append(
+                    f"  {service} was down for {lasted}, from {self.local(starts)}; "
+                    f"back since {self.local(ends)}."
+                )
+            else:
+                lines.append(
+                    f"  Over: fired for {lasted}, from {self.local(starts)} "
+                    f"to {self.local(ends)}. It had said: {annotations.get('summary', '')}"
+                )
+        else:
+            lines.append(f"  {annotations.get('summary', '')}")
+            if annotations.get("description"):
+                lines.append(f"  {annotations['description']}")
+            if starts is not None:
+                lines.append(f"  Since:       {self.local(starts)}")
+            if annotations.get("budget_left"):
+                lines.append(f"  Budget left: {annotations['budget_left']}")
+        if annotations.get("runbook_url"):
+            lines.append(f"  Runbook:     {annotations['runbook_url']}")
+        return "\n".join(lines) + "\n\n"
+
+    def write(self, text: str) -> None:
+        if self.path is not None:
+            with self.path.open("a") as out:
+                out.write(text)
 
 
 async def receive_alerts(request: web.Request) -> web.Response:
-    """Alertmanager's webhook: keep each notification and print it as on-call would read it."""
+    """Alertmanager's webhook: keep each alert it sent, and show each page once as a block."""
     payload = await request.json()
     route = request.match_info["route"]
+    pager = request.app[PAGER]
     for alert in payload.get("alerts", []):
         labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
         status = alert.get("status", "?")
         request.app[PAGES].append(
-            {"route": route, "status": status, "labels": labels, "annotations": annotations}
+            {
+                "route": route,
+                "status": status,
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": alert.get("startsAt", ""),
+                "endsAt": alert.get("endsAt", ""),
+            }
         )
-        log.warning(
-            "[%s] %s %s %s: %s",
-            route,
-            status.upper(),
-            labels.get("alertname"),
-            labels.get("sla_service", ""),
-            annotations.get("summary", ""),
-        )
+        text = pager.block(route, alert)
+        if text is not None:
+            pager.write(text)
+            log.info("%s", text.rstrip())
     return web.Response(text="ok")
 
 
@@ -137,18 +278,24 @@ async def list_alerts(request: web.Request) -> web.Response:
     return web.json_response(request.app[PAGES])
 
 
-def make_receiver() -> web.Application:
-    """A webhook receiver standing in for the pager and the ticket queue."""
+def make_receiver(pages_file: Path | None = None, zone: str = "UTC") -> web.Application:
+    """A webhook receiver standing in for the pager and the ticket queue.
+
+    GET / lists every alert Alertmanager sent (JSON, for tests); `pages_file` gets each page
+    once, as on-call would read it, with times in `zone`.
+    """
     app = web.Application()
     app[PAGES] = []
+    app[PAGER] = Pager(pages_file, zone)
     app.router.add_post("/{route:[a-z-]+}", receive_alerts)
     app.router.add_get("/", list_alerts)
     return app
 
 
-def make_app(down: set[str]) -> web.Application:
+def make_app(down: set[str], pages_file: str = "") -> web.Application:
     app = web.Application()
     app[DOWN] = down
+    app[PAGES_FILE] = pages_file
     app.router.add_get("/", website)
     app.router.add_get("/faq", website)
     app.router.add_post("/app/login", login)
@@ -205,41 +352,55 @@ class _HangUp(asyncio.Protocol):
         transport.close()
 
 
-async def run(host: str, http_port: int, smtp_port: int, receiver_port: int, ca_file: Path) -> None:
-    import trustme
-
-    ca = trustme.CA()
-    ca_file.parent.mkdir(parents=True, exist_ok=True)
-    ca.cert_pem.write_to_path(str(ca_file))
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", host).configure_cert(tls)
-
-    down: set[str] = set()
-    runner = web.AppRunner(make_app(down), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, http_port).start()
-    receiver = web.AppRunner(make_receiver(), access_log=None)
+async def run(
+    host: str,
+    http_port: int,
+    smtp_port: int,
+    receiver_port: int,
+    ca_file: Path,
+    pages_file: Path | None = None,
+    zone: str = "UTC",
+    services: bool = True,
+) -> None:
+    """Serve the alert receiver, and unless `services` is False the demo services too."""
+    runners = []
+    receiver = web.AppRunner(make_receiver(pages_file, zone), access_log=None)
     await receiver.setup()
     await web.TCPSite(receiver, host, receiver_port).start()
-    smtp = await _smtp_server(host, smtp_port, tls, down)
-    log.info(
-        "demo services on http://%s:%d/ and smtp://%s:%d (CA in %s); toggle at /-/demo; "
-        "alert webhooks received on port %d",
-        host,
-        http_port,
-        host,
-        smtp_port,
-        ca_file,
-        receiver_port,
-    )
+    runners.append(receiver)
+    smtp: asyncio.Server | None = None
+    if services:
+        import trustme
+
+        ca = trustme.CA()
+        ca_file.parent.mkdir(parents=True, exist_ok=True)
+        ca.cert_pem.write_to_path(str(ca_file))
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost", host).configure_cert(tls)
+        down: set[str] = set()
+        runner = web.AppRunner(make_app(down, str(pages_file or "")), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, http_port).start()
+        runners.append(runner)
+        smtp = await _smtp_server(host, smtp_port, tls, down)
+        log.info(
+            "demo services on http://%s:%d/ and smtp://%s:%d (CA in %s); toggle at /-/demo",
+            host,
+            http_port,
+            host,
+            smtp_port,
+            ca_file,
+        )
+    log.info("alert webhooks received on port %d; pages in %s", receiver_port, pages_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    smtp.close()
-    await runner.cleanup()
-    await receiver.cleanup()
+    if smtp is not None:
+        smtp.close()
+    for runner in runners:
+        await runner.cleanup()
 
 
 def local_alertmanager_config(source: Path, receiver_port: int, fast: bool = False) -> str:
@@ -273,12 +434,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="print FILE made fit for the demo (webhooks to the receiver, no e-mail) and exit",
     )
+    parser.add_argument(
+        "--pages-file",
+        type=Path,
+        default=None,
+        help="write each page and ticket the receiver gets here, once, as a readable block",
+    )
+    parser.add_argument(
+        "--timezone",
+        default="UTC",
+        help="IANA zone the pages show times in: the SLA's (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--receiver-only",
+        action="store_true",
+        help="serve only the alert receiver, no demo services (for your own SLA file)",
+    )
     args = parser.parse_args(argv)
     if args.print_alertmanager_config:
         print(local_alertmanager_config(args.print_alertmanager_config, args.receiver_port), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(run(args.host, args.http_port, args.smtp_port, args.receiver_port, args.ca_file))
+    # aiosmtpd logs every connection of every SMTP probe at INFO, and a deprecation of its own
+    # API at WARNING with each login: hundreds of lines an hour that buried the demo's own.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    asyncio.run(
+        run(
+            args.host,
+            args.http_port,
+            args.smtp_port,
+            args.receiver_port,
+            args.ca_file,
+            args.pages_file,
+            args.timezone,
+            services=not args.receiver_only,
+        )
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
 from .store import Store
 from .support import SupportDesk, SupportUnavailable
 from .support_collector import SupportCollector
+from .zone import ZoneCollector
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class Exporter:
         # Ticket clocks (the `support:` section); renders nothing while it is not configured.
         self.support = SupportDesk(self.clock.time)
         self.registry.register(SupportCollector(self.support))
+        self.registry.register(ZoneCollector(lambda: self.config, self.clock.time))
         self._flusher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         # The reload queued behind the running one, which every new request joins; and who

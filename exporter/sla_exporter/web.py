@@ -15,9 +15,10 @@ import secrets
 import ssl
 import time
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import cast
+from zoneinfo import ZoneInfo
 
 import bcrypt
 from aiohttp import hdrs, web
@@ -27,7 +28,9 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from . import __version__, status
 from .exporter import Exporter
 from .pool import MONTHS_PATH, months_document
+from .probes.base import ProbeResult
 from .report import month_document
+from .store import RECENT_FAILURES
 from .support import misses as support_misses
 from .support_web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
@@ -321,14 +324,50 @@ def _ago(timestamp: float, now: float) -> str:
     return f"{seconds // 3600}h ago"
 
 
-def _utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _local(timestamp: float, zone: ZoneInfo) -> str:
+    """A time in the SLA's zone with its offset then, as the dashboards and alerts show it."""
+    return datetime.fromtimestamp(int(timestamp), zone).isoformat(sep=" ")
+
+
+# Links the landing page shows beside its own (--web.link NAME=URL): Prometheus, the demo's
+# switches, a team's wiki. The exporter cannot know where those are; whoever starts it does.
+LINKS_KEY = web.AppKey("links", list[tuple[str, str]])
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;line-height:1.35}
+h1{font-size:1.5rem;margin:0 0 .3rem}nav{margin-bottom:1rem}nav a{margin-right:1rem}
+.scroll{overflow-x:auto}table{border-collapse:collapse;min-width:100%}
+td,th{border-bottom:1px solid #ddd;padding:.4rem .6rem;vertical-align:top;text-align:left}
+.up .status{color:#080;font-weight:bold}.down .status{color:#b00;font-weight:bold}
+p.down{color:#b00}ul{margin:0;padding-left:1rem}li{margin-bottom:.2rem}
+.count{font-weight:bold}.muted{color:#777}td.failures{max-width:36rem}
+@media (max-width:40rem){body{margin:.8rem}
+td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3),
+td:nth-child(7),th:nth-child(7),td:nth-child(8),th:nth-child(8){display:none}}
+"""
+
+
+def _failures(state_failures: Iterable[ProbeResult], zone: ZoneInfo, now: float) -> str:
+    """Each distinct failure (reason and message) once, with how often and when last, newest
+    first: ten timeouts in a row are one line "timeout x10", not ten lines."""
+    distinct: dict[tuple[str, str], list[float]] = {}
+    for result in state_failures:
+        distinct.setdefault((str(result.reason), result.message), []).append(result.timestamp)
+    e = html.escape
+    items = sorted(distinct.items(), key=lambda item: max(item[1]), reverse=True)
+    return "".join(
+        f"<li><b>{e(reason)}</b>: {e(message)} "
+        f'<span class="count">&times;{len(times)}</span> '
+        f'<span class="muted">last {_ago(max(times), now)}, {_local(max(times), zone)}</span></li>'
+        for (reason, message), times in items
+    )
 
 
 async def landing(request: web.Request) -> web.Response:
     """One row per service with its last result; names and messages are escaped, never URLs."""
     exporter = request.app[EXPORTER_KEY]
     config = exporter.config
+    zone = ZoneInfo(config.sla.timezone if config else "UTC")
     now = time.time()
     e = html.escape
     rows = []
@@ -344,15 +383,12 @@ async def landing(request: web.Request) -> web.Response:
                 else f"<b>{e(str(last.reason))}</b>: {e(last.message)}"
             )
             when = f"{_ago(last.timestamp, now)} ({last.duration * 1000:.0f} ms)"
-        failures = "".join(
-            f"<li>{_utc(f.timestamp)} <b>{e(str(f.reason))}</b>: {e(f.message)}</li>"
-            for f in reversed(state.recent_failures)
-        )
+        failures = _failures(state.recent_failures, zone, now)
         rows.append(
             f'<tr class="{status}"><td>{e(name)}</td><td>{e(state.service.kind)}</td>'
-            f"<td>{e(state.service.description)}</td><td>{status}</td><td>{when}</td>"
-            f"<td>{detail}</td><td>{state.probes}</td><td>{state.failures}</td>"
-            f"<td><ul>{failures}</ul></td></tr>"
+            f'<td>{e(state.service.description)}</td><td class="status">{status}</td>'
+            f"<td>{when}</td><td>{detail}</td><td>{state.probes}</td><td>{state.failures}</td>"
+            f'<td class="failures"><ul>{failures}</ul></td></tr>'
         )
     title = e(config.sla.name) if config else "no configuration"
     reload_note = ""
@@ -361,18 +397,25 @@ async def landing(request: web.Request) -> web.Response:
             "<p class=down>The last reload failed; the previous configuration is still running:"
             f"<pre>{e(exporter.last_reload_error)}</pre></p>"
         )
+    links = [
+        (STATUS_PATH, "Status page"),
+        ("/metrics", "Metrics"),
+        ("/-/healthy", "Health"),
+        ("/-/ready", "Readiness"),
+    ]
+    links += [(url, name) for name, url in request.app.get(LINKS_KEY, [])]
+    nav = "".join(f'<a href="{e(url)}">{e(name)}</a>' for url, name in links)
     body = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>SLA exporter: {title}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.up td:nth-child(4){{color:#080}}
-.down td:nth-child(4),p.down{{color:#b00}}ul{{margin:0;padding-left:1em}}</style></head>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>SLA exporter: {title}</title><style>{_STYLE}</style></head>
 <body><h1>SLA exporter: {title}</h1>
-<p>Version {e(__version__)}. <a href="/metrics">Metrics</a> &middot;
-<a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>{reload_note}
-<table><tr><th>Service</th><th>Kind</th><th>Description</th><th>Status</th><th>Last probe</th>
-<th>Result</th><th>Probes</th><th>Failures</th><th>Recent failures</th></tr>
+<nav>{nav}</nav>
+<p class="muted">Version {e(__version__)}. Times in {e(zone.key)}. Recent failures: the last
+{RECENT_FAILURES} failed probes of each service, each distinct failure once.</p>{reload_note}
+<div class="scroll"><table><tr><th>Service</th><th>Kind</th><th>Description</th><th>Status</th>
+<th>Last probe</th><th>Result</th><th>Probes</th><th>Failures</th><th>Recent failures</th></tr>
 {"".join(rows)}
-</table></body></html>
+</table></div></body></html>
 """
     return web.Response(text=body, content_type="text/html")
 
