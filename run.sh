@@ -217,7 +217,14 @@ fi
 if [ -n "$demo" ]; then
   echo "  demo services  http://127.0.0.1:$demo_http_port/-/demo    take a service down, watch it page"
 fi
+# The month's SLA statement so far, once Prometheus has a few scrapes of the month; again with
+# the command printed below whenever you like.
+report="sla-report --prometheus.url $prometheus --exporter.url $exporter --month current"
+(sleep 20 && $report --format html --output "$here/statement.html" >/dev/null 2>&1) &
 cat <<MSG
+  status page    $exporter/status         each service now, this month, the last 90 days
+  SLA statement  file://$here/statement.html   this month so far (written in 20 s)
+                 $report
   pages          tail -f $pages    each page and ticket on-call would receive, once
 
 Ctrl-C stops everything.

@@ -293,8 +293,9 @@ def test_the_status_page_shows_what_the_ledger_counts_on_a_screen_and_a_phone(
             )
         }
         counted = states["up"] + states["down"] + states["unknown"]
-        shown = availability(states["up"], counted) or "\u2013"  # the page's dash: no figure
-        assert f"{shown} % this month" in page.split(f'<span class="name">{service}</span>')[1]
+        shown = availability(states["up"], counted)
+        text = f"{shown} % this month" if shown else "no figure yet this month"
+        assert text in page.split(f'<span class="name">{service}</span>')[1]
     first = datetime.fromtimestamp(float(bench["first"]), ZoneInfo(ZONE)).date()  # type: ignore[arg-type]
     day = lambda n: (first + timedelta(n)).isoformat()  # noqa: E731
     api, web = squares(page, "api"), squares(page, "web")

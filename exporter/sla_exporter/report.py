@@ -466,6 +466,16 @@ def html(document: dict[str, Any]) -> str:
 # The command
 
 
+async def sla_zone(prometheus: str) -> str:
+    """The SLA's time zone, as the exporters state it (sla_info); UTC if none does."""
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        info = await _query(
+            session, prometheus.rstrip("/"), f"last_over_time(sla_info[{LOOKBACK}])"
+        )
+    return next((s["metric"].get("timezone", "UTC") for s in info), "UTC")
+
+
 def last_finished_month(zone: str) -> str:
     now = datetime.now(ZoneInfo(zone))
     first = now.replace(day=1)
@@ -490,12 +500,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="last",
         help="YYYY-MM, `last` (the last finished month, the default) or `current`",
     )
-    parser.add_argument("--timezone", default="UTC", help="the SLA's zone, to resolve last/current")
+    parser.add_argument(
+        "--timezone",
+        default=None,
+        help="the SLA's zone, for which month is last or current (default: sla_info's)",
+    )
     parser.add_argument("--format", choices=("text", "json", "html"), default="text")
     parser.add_argument("--output", default="-", help="a file, or - for standard output")
     args = parser.parse_args(argv)
-    zone = args.timezone
     month = args.month
+    try:
+        zone = args.timezone or asyncio.run(sla_zone(args.prometheus))
+    except (aiohttp.ClientError, TimeoutError, RuntimeError) as err:
+        print(f"sla-report: {err}", file=sys.stderr)
+        return 1
     if month == "last":
         month = last_finished_month(zone)
     elif month == "current":
