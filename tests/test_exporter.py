@@ -352,7 +352,7 @@ async def test_the_landing_page_shows_each_distinct_failure_once_with_its_count(
     assert f"Times in {exporter.config.sla.timezone}." in page
 
 
-async def test_the_landing_page_links_what_it_is_given_and_no_status_page_that_does_not_exist(
+async def test_the_landing_page_links_the_status_page_and_what_it_is_given(
     running,
 ) -> None:
     exporter, _, _, _ = running
@@ -362,12 +362,14 @@ async def test_the_landing_page_links_what_it_is_given_and_no_status_page_that_d
     await server.start_server()
     try:
         status, page = await fetch(server, "/")
+        linked, _ = await fetch(server, "/status")  # the link is not a dead one
     finally:
         await server.close()
     assert status == 200
     assert '<a href="http://127.0.0.1:9090/classic/alerts">Prometheus</a>' in page
     assert '<a href="/metrics">Metrics</a>' in page
-    assert "Status page" not in page  # /status is not served (yet): no dead link
+    assert '<a href="/status">Status page</a>' in page
+    assert linked == 200
 
 
 async def test_health_readiness_and_no_endpoint_that_probes_a_given_target(running) -> None:
