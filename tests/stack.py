@@ -72,6 +72,29 @@ def tool(name: str) -> str:
     return path
 
 
+def screenshot(url: str, shot: Path, width: int, height: int, profile: Path) -> None:
+    """Render `url` in headless Chromium (Debian's) at `width` x `height` into the PNG `shot`."""
+    subprocess.run(
+        [
+            tool("chromium"),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",  # no traffic off this machine
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            f"--window-size={width},{height}",
+            url,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
 @dataclass
 class Process:
     name: str
@@ -100,6 +123,22 @@ def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None 
     )
     out.close()
     return Process(name, popen, log)
+
+
+def launch(
+    stack: ExitStack, name: str, args: list[str], workdir: Path, ready: str | None
+) -> Process:
+    """`start()` a process that `stack` stops, and wait until `ready` answers, if given."""
+    process = start(name, args, workdir)
+    stack.callback(process.stop)
+    if ready is not None:
+
+        def up() -> bool:
+            process.alive()
+            return http_get(ready) is not None
+
+        wait_for(up, f"{name} ready at {ready}")
+    return process
 
 
 @dataclass

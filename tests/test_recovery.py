@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Process, free_port, http_get, start, tool, wait_for
+from tests.stack import Process, free_port, http_get, launch, tool, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -82,16 +82,7 @@ class Bench:
         )
 
     def launch(self, name: str, args: list[str], ready: str | None) -> Process:
-        process = start(name, args, self.workdir)
-        self.stack.callback(process.stop)
-        if ready is not None:
-
-            def up() -> bool:
-                process.alive()
-                return http_get(ready) is not None
-
-            wait_for(up, f"{name} ready at {ready}")
-        return process
+        return launch(self.stack, name, args, self.workdir, ready)
 
     def exporter_args(self, *extra: str) -> list[str]:
         return [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,8 @@ import yaml
 
 from sla_exporter.ledger import Ledger, month_bounds, month_key
 from sla_exporter.report import availability
-from tests.stack import free_port, http_get, start, tool, wait_for
+from tests.stack import free_port, http_get, screenshot, tool, wait_for
+from tests.stack import launch as start_and_wait
 
 pytestmark = pytest.mark.slow
 
@@ -71,14 +71,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     with ExitStack() as stack:
 
         def launch(name: str, args: list[str], ready: str) -> None:
-            process = start(name, args, workdir)
-            stack.callback(process.stop)
-
-            def up() -> bool:
-                process.alive()
-                return http_get(ready) is not None
-
-            wait_for(up, f"{name} at {ready}")
+            start_and_wait(stack, name, args, workdir, ready)
 
         target = free_port()
         launch(
@@ -233,9 +226,6 @@ def test_the_statement_s_figures_are_the_month_series_and_its_incidents_add_up(
 
 
 def test_the_statement_reads_well_on_paper_a_screen_and_a_phone(bench: dict[str, object]) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: scripts/install.sh installs it")
     ARTIFACTS.mkdir(exist_ok=True)
     page = ARTIFACTS / "report.html"
     report(bench, "html", page)
@@ -244,25 +234,7 @@ def test_the_statement_reads_well_on_paper_a_screen_and_a_phone(bench: dict[str,
     assert "98.99" in text and "breached" in text and "400" not in text.split("<body>")[0]
     for name, width in (("report-desktop.png", 1280), ("report-phone.png", 390)):
         shot = ARTIFACTS / name
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={bench['workdir']}/chromium",
-                f"--screenshot={shot}",
-                f"--window-size={width},1400",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
+        screenshot(page.as_uri(), shot, width, 1400, Path(str(bench["workdir"])) / "chromium")
         assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
 
 
@@ -303,28 +275,14 @@ def test_the_status_page_shows_what_the_ledger_counts_on_a_screen_and_a_phone(
     assert (api[day(3)], api[day(5)], api[day(1)], api[day(10)]) == ("down", "partial", "up", "up")
     assert web[day(0)] == "down"  # 432 minutes: 30 % of that day
 
-    chromium = shutil.which("chromium")
-    assert chromium is not None, "scripts/install.sh installs chromium"
     ARTIFACTS.mkdir(exist_ok=True)
     for name, width in (("status-desktop.png", 1280), ("status-phone.png", 390)):
         shot = ARTIFACTS / name
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={bench['workdir']}/chromium-status",
-                f"--screenshot={shot}",
-                f"--window-size={width},1000",
-                f"{bench['exporter']}/status",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=True,
+        screenshot(
+            f"{bench['exporter']}/status",
+            shot,
+            width,
+            1000,
+            Path(str(bench["workdir"])) / "chromium",
         )
         assert shot.stat().st_size > 10_000

@@ -45,12 +45,13 @@ def month_document(
     key: str,
     services: dict[str, Any],
     support_misses: list[dict[str, str]] | None = None,
+    clock: float | None = None,
 ) -> dict[str, Any]:
     """What `GET /api/v1/report?month=` serves: for each service (name -> (interval, windows,
     objective, unknown)), the month's figures and its spans other than up, as /metrics counts
     them."""
     out: dict[str, Any] = {}
-    clock = datetime.now().timestamp()
+    clock = datetime.now().timestamp() if clock is None else clock
     for name, (interval, windows, objective, unknown) in services.items():
         spans: list[Span] = []
         figures = ledger.exposed(

@@ -275,7 +275,10 @@ async def month_report(request: web.Request) -> web.Response:
         for name, service in config.services.items()
     }
     misses = support_misses(exporter.support, key) if exporter.support.enabled else []
-    return web.json_response(month_document(ledger, exporter.location or "", key, services, misses))
+    document = month_document(
+        ledger, exporter.location or "", key, services, misses, exporter.clock.time()
+    )
+    return web.json_response(document)
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -284,7 +287,8 @@ async def status_page(request: web.Request) -> web.Response:
     config, ledger = exporter.config, exporter.ledger
     if config is None or ledger is None:
         return web.Response(status=503, text="Not ready: no configuration loaded.\n")
-    page = status.document(config, ledger, exporter.store, exporter.windows, time.time())
+    clock = exporter.clock.time()
+    page = status.document(config, ledger, exporter.store, exporter.windows, clock)
     return web.Response(text=status.render(page), content_type="text/html")
 
 
