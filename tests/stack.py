@@ -125,6 +125,34 @@ def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None 
     return Process(name, popen, log)
 
 
+def scraping_prometheus(stack: ExitStack, workdir: Path, port: int, locations: list[str]) -> str:
+    """A Prometheus scraping the exporter on `port` every second, once per location label (as
+    if each location's exporter were there), stopped by `stack`; its URL."""
+    listen = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
+        "scrape_configs": [
+            {
+                "job_name": "sla",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"location": location}}
+                    for location in locations
+                ],
+            }
+        ],
+    }
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{listen}"
+    args = [
+        tool("prometheus"),
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{listen}",
+    ]
+    launch(stack, "prometheus", args, workdir, f"{url}/-/ready")
+    return url
+
+
 def launch(
     stack: ExitStack, name: str, args: list[str], workdir: Path, ready: str | None
 ) -> Process:

@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Process, free_port, http_get, launch, tool, wait_for
+from tests.stack import Process, free_port, http_get, launch, scraping_prometheus, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,34 +51,7 @@ class Bench:
         self.ledger = workdir / "ledger.json"
         self.port = free_port()
         self.exporter = f"http://127.0.0.1:{self.port}"
-        prometheus_port = free_port()
-        self.prometheus = f"http://127.0.0.1:{prometheus_port}"
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [
-                {
-                    "job_name": "sla",
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{self.port}"], "labels": {"location": loc}}
-                        for loc in ("zrh", "fra")
-                    ],
-                }
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.launch(
-            "prometheus",
-            [
-                tool("prometheus"),
-                "--config.file",
-                str(workdir / "prometheus.yml"),
-                "--storage.tsdb.path",
-                str(workdir / "tsdb"),
-                "--web.listen-address",
-                f"127.0.0.1:{prometheus_port}",
-            ],
-            f"{self.prometheus}/-/ready",
-        )
+        self.prometheus = scraping_prometheus(stack, workdir, self.port, ["zrh", "fra"])
 
     def launch(self, name: str, args: list[str], ready: str | None) -> Process:
         return launch(self.stack, name, args, self.workdir, ready)

@@ -13,11 +13,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 
 from sla_exporter.ledger import Ledger, month_bounds, month_key
 from sla_exporter.report import availability
-from tests.stack import free_port, http_get, screenshot, tool, wait_for
+from tests.stack import free_port, http_get, scraping_prometheus, screenshot, wait_for
 from tests.stack import launch as start_and_wait
 
 pytestmark = pytest.mark.slow
@@ -103,36 +102,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
             ],
             f"{exporter}/-/ready",
         )
-        prometheus_port = free_port()
-        prometheus = f"http://127.0.0.1:{prometheus_port}"
-        (workdir / "prometheus.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "sla",
-                            "static_configs": [
-                                {"targets": [f"127.0.0.1:{port}"], "labels": {"location": "zrh"}}
-                            ],
-                        }
-                    ],
-                }
-            )
-        )
-        launch(
-            "prometheus",
-            [
-                tool("prometheus"),
-                "--config.file",
-                str(workdir / "prometheus.yml"),
-                "--storage.tsdb.path",
-                str(workdir / "tsdb"),
-                "--web.listen-address",
-                f"127.0.0.1:{prometheus_port}",
-            ],
-            f"{prometheus}/-/ready",
-        )
+        prometheus = scraping_prometheus(stack, workdir, port, ["zrh"])
         key = facts["key"]
         wait_for(
             lambda: (
