@@ -339,7 +339,8 @@ LINKS_KEY = web.AppKey("links", list[tuple[str, str]])
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;line-height:1.35}
-h1{font-size:1.5rem;margin:0 0 .3rem}nav{margin-bottom:1rem;display:flex;flex-wrap:wrap;gap:.3rem 1rem}nav a{white-space:nowrap}
+h1{font-size:1.5rem;margin:0 0 .3rem}
+nav{margin-bottom:1rem;display:flex;flex-wrap:wrap;gap:.3rem 1rem}nav a{white-space:nowrap}
 .scroll{overflow-x:auto}table{border-collapse:collapse;min-width:100%}
 td,th{border-bottom:1px solid #ddd;padding:.4rem .6rem;vertical-align:top;text-align:left}
 .up .status{color:#080;font-weight:bold}.down .status{color:#b00;font-weight:bold}
