@@ -439,11 +439,7 @@ class _Months:
         self.now = now
         self.current = ledger.key(ledger.now(now))
         self.bounds: dict[str, tuple[int, int]] = {}  # of each month seen, in that order
-        self.windows: dict[str, list[tuple[float, float]]] = {}
-        for window in config.maintenance:
-            for name in window.services:
-                span = (window.start.timestamp(), window.end.timestamp())
-                self.windows.setdefault(name, []).append(span)
+        self.windows = config.maintenance_by_service()
         self.seconds, self.budget, self.objective = add[
             _INDEX[MONTH_SECONDS] : _INDEX[MONTH_OBJECTIVE] + 1
         ]

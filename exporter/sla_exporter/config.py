@@ -686,6 +686,15 @@ class Config(Model):
         objective = self.services[service].objective
         return self.sla.objective if objective is None else objective
 
+    def maintenance_by_service(self) -> dict[str, list[tuple[float, float]]]:
+        """The declared maintenance windows of each service, as unix times [start, end)."""
+        windows: dict[str, list[tuple[float, float]]] = {}
+        for window in self.maintenance:
+            span = (window.start.timestamp(), window.end.timestamp())
+            for name in window.services:
+                windows.setdefault(name, []).append(span)
+        return windows
+
     def in_maintenance(self, service: str, when: datetime) -> bool:
         """Whether any announced window covers `service` at `when` (timezone-aware)."""
         return any(m.covers(service, when) for m in self.maintenance)

@@ -373,11 +373,7 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.store.configure(config)
-        self._windows = {}
-        for window in config.maintenance:
-            for name in window.services:
-                span = (window.start.timestamp(), window.end.timestamp())
-                self._windows.setdefault(name, []).append(span)
+        self._windows = config.maintenance_by_service()
         if self.ledger is not None:
             self.ledger.set_timezone(config.sla.timezone)
             self._advance()  # the new settings take effect from now

@@ -137,11 +137,7 @@ class Pool:
         self.figures: dict[str, dict[str, Figures]] = {}  # service -> month -> pooled figures
 
     def configure(self, config: Config) -> None:
-        if self.location not in config.locations:
-            raise ValueError(
-                f"--location {self.location!r} is not in the SLA file's locations "
-                f"({', '.join(config.locations)})"
-            )
+        """Follow the SLA file's locations (the exporter checked that this one is among them)."""
         self.peers = {
             name: self.peers.get(name) or Peer(name, location)
             for name, location in config.locations.items()
@@ -189,12 +185,7 @@ class Pool:
         ledger = self.ledger()
         if ledger is None:
             return
-        windows: dict[str, list[tuple[float, float]]] = {}
-        for window in config.maintenance:
-            for name in window.services:
-                windows.setdefault(name, []).append(
-                    (window.start.timestamp(), window.end.timestamp())
-                )
+        windows = config.maintenance_by_service()
         figures: dict[str, dict[str, Figures]] = {}
         for name, service in config.services.items():
             own = ledger.books.get(name) or ServiceBook()

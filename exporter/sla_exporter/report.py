@@ -447,18 +447,18 @@ def text(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEMPLATES = jinja2.Environment(
+TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("sla_exporter", "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
     undefined=jinja2.StrictUndefined,
 )
-_TEMPLATES.filters["duration"] = duration
+TEMPLATES.filters["duration"] = duration
 
 
 def html(document: dict[str, Any]) -> str:
     """A self-contained page to send a customer: print-friendly, no script."""
     zone = document["timezone"]
-    return _TEMPLATES.get_template("report.html").render(
+    return TEMPLATES.get_template("report.html").render(
         doc=document, local=lambda t: local(t, zone)
     )
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Config
 from .ledger import Ledger, Span, month_key, ms, next_month
-from .report import _TEMPLATES, availability, duration
+from .report import TEMPLATES, availability, duration
 from .store import Store
 
 DAYS = 90
@@ -147,4 +147,4 @@ def document(
 
 
 def render(page: dict[str, Any]) -> str:
-    return _TEMPLATES.get_template("status.html").render(**page)
+    return TEMPLATES.get_template("status.html").render(**page)
