@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sla_exporter.config import ConfigInvalid, load_sla
+from sla_exporter.config import load_sla
+from sla_exporter.loader import ConfigInvalid
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "grafana" / "dashboards"

@@ -34,9 +34,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # The stamp skips pip when pyproject.toml has not changed since the last install.
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml demo/pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[demo,test]'
+  .venv/bin/python -m pip install -q -e '.[test]' -e ./demo
   rm -f .venv/.installed-* && touch "$stamp"
 fi

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sla_exporter.business_time import Calendar
 from sla_exporter.config import parse
-from sla_exporter.support_config import CalendarConfig, parse_hours
+from sla_exporter.support.business_time import Calendar
+from sla_exporter.support.config import CalendarConfig, parse_hours
 
 H = 3600
 ZURICH = ZoneInfo("Europe/Zurich")

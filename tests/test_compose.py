@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,7 +24,8 @@ import pytest
 import trustme
 import yaml
 
-from sla_exporter import demo
+import sla_demo as demo
+from tests.helpers import tool
 from tests.stack import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -42,16 +42,10 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-CONSOLE_SCRIPTS = set(PYPROJECT["project"]["scripts"])
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} is not on PATH: install Debian's prometheus and prometheus-alertmanager"
-        )
-    return path
+# The image installs the exporter and the demo (a project of its own, demo/pyproject.toml).
+CONSOLE_SCRIPTS = set(PYPROJECT["project"]["scripts"]) | set(
+    tomllib.loads((ROOT / "demo" / "pyproject.toml").read_text())["project"]["scripts"]
+)
 
 
 def expand(value: str) -> str:

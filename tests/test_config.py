@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from sla_exporter.config import (
-    Config,
-    ConfigInvalid,
-    ExistingFile,
-    HTTPProbe,
-    Maintenance,
-    Model,
-    SMSGatewayProbe,
-    SMTPProbe,
-    load,
-    load_model,
-    parse,
-)
+from sla_exporter.config import Config, Maintenance, load, parse
+from sla_exporter.loader import ConfigInvalid, load_model
+from sla_exporter.probes.http import HTTPProbe
+from sla_exporter.probes.sms_gateway import SMSGatewayProbe
+from sla_exporter.probes.smtp import SMTPProbe
+from sla_exporter.values import ExistingFile, Model
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "configs" / "bad"

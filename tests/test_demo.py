@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sla_exporter.demo import Pager
+from sla_demo import Pager
 
 DOWN = {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "api"}
 

@@ -27,11 +27,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from sla_exporter.collector import ServiceCollector, finish
+from sla_exporter.collector import ServiceCollector
 from sla_exporter.config import parse
 from sla_exporter.ledger import STATES, Ledger, Span, month_bounds, month_key, ms, slot
+from sla_exporter.pausing import finish
 from sla_exporter.store import Store
-from tests.stack import ROOT, tool
+from tests.helpers import tool
+from tests.stack import ROOT
 
 ZONE = "Europe/Zurich"
 HALF = 2 * 3600  # the window: two hours either side of a month boundary

@@ -13,17 +13,18 @@ import trustme
 from aiohttp import web
 from conftest import server_context
 from cryptography import x509
-from http_servers import raw_server, read_request, reset, serve, unused_port
+from http_servers import raw_server, read_request, reset, serve
 from pydantic import SecretStr
 
 from sla_exporter import __version__
-from sla_exporter.config import HTTPProbe
 from sla_exporter.probes import http
 from sla_exporter.probes.base import ProbeResult, Reason, run_probe
+from sla_exporter.probes.http import HTTPProbe
+from tests.helpers import free_port as unused_port
 
 
 async def check(config: dict[str, Any], timeout: float = 2.0) -> ProbeResult:
-    return await run_probe(http.probe, HTTPProbe.model_validate(config), timeout, http.classify)
+    return await run_probe(http.probe, HTTPProbe.model_validate(config), timeout)
 
 
 def not_after(cert: trustme.LeafCert) -> float:
@@ -411,11 +412,11 @@ async def test_a_ca_file_replaced_on_disk_is_read_again(
     trustme.CA().cert_pem.write_to_path(str(path))  # some other CA
     async with serve(app_with(web.get("/", ok)), ssl=server_context(localhost_cert)) as url:
         config = HTTPProbe.model_validate({"url": f"{url}/", "tls": {"ca_file": str(path)}})
-        before = await run_probe(http.probe, config, 2, http.classify)
+        before = await run_probe(http.probe, config, 2)
         path.write_bytes(Path(ca_file).read_bytes() + b"\n")
-        after = await run_probe(http.probe, config, 2, http.classify)
+        after = await run_probe(http.probe, config, 2)
         path.unlink()  # the config was checked when loaded; the file went away since
-        gone = await run_probe(http.probe, config, 2, http.classify)
+        gone = await run_probe(http.probe, config, 2)
     assert before.reason == Reason.TLS
     assert after.success, after.message
     assert gone.reason == Reason.TLS

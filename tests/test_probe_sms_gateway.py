@@ -11,17 +11,15 @@ from aiohttp import web
 from http_servers import raw_server, read_request, serve
 from pydantic import SecretStr
 
-from sla_exporter.config import SMSGatewayProbe
 from sla_exporter.probes import sms_gateway
 from sla_exporter.probes.base import ProbeResult, Reason, run_probe
+from sla_exporter.probes.sms_gateway import SMSGatewayProbe
 
 TOKEN = "tok-9f8e7d"
 
 
 async def check(config: dict[str, Any], timeout: float = 2.0) -> ProbeResult:
-    return await run_probe(
-        sms_gateway.probe, SMSGatewayProbe.model_validate(config), timeout, sms_gateway.classify
-    )
+    return await run_probe(sms_gateway.probe, SMSGatewayProbe.model_validate(config), timeout)
 
 
 @dataclass

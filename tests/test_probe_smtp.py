@@ -24,9 +24,9 @@ from smtp_servers import (
     scripted_server,
 )
 
-from sla_exporter.config import SMTPProbe
 from sla_exporter.probes import smtp
 from sla_exporter.probes.base import ProbeResult, Reason, run_probe
+from sla_exporter.probes.smtp import SMTPProbe
 
 EHLO_NAME = "probe.sla.example"
 STARTTLS_EHLO = b"250-mx.test\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
@@ -39,7 +39,7 @@ def smtp_probe(port: int, **settings: Any) -> SMTPProbe:
 
 
 async def run(config: SMTPProbe, timeout: float = 3.0) -> ProbeResult:
-    return await run_probe(smtp.probe, config, timeout, smtp.classify)
+    return await run_probe(smtp.probe, config, timeout)
 
 
 def not_after(cert: trustme.LeafCert) -> float:

@@ -16,15 +16,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from http_servers import raw_server, read_request, serve, unused_port
+from http_servers import raw_server, read_request, serve
 
-from sla_exporter.config import HTTPProbe
 from sla_exporter.probes import http
 from sla_exporter.probes.base import ProbeResult, Reason, run_probe
+from sla_exporter.probes.http import HTTPProbe
+from tests.helpers import free_port as unused_port
 
 
 async def check(config: dict[str, Any], timeout: float = 2.0) -> ProbeResult:
-    return await run_probe(http.probe, HTTPProbe.model_validate(config), timeout, http.classify)
+    return await run_probe(http.probe, HTTPProbe.model_validate(config), timeout)
 
 
 def app_with(*routes: web.RouteDef) -> web.Application:

@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from sla_exporter.config import Service, parse
 from sla_exporter.exporter import Exporter, Shard
 from sla_exporter.probes import ProbeResult
-from tests.stack import Process, free_port, http_get, start, tool, wait_for
+from tests.helpers import free_port, tool, wait_for
+from tests.stack import Process, http_get, start
 
-# What the SLA file allows as a service name (config._SERVICE_NAME).
+# What the SLA file allows as a service name (values.ServiceName).
 NAMES = st.from_regex(r"[a-z][a-z0-9_-]{0,62}", fullmatch=True)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sla_exporter.support_import import main
-from sla_exporter.tickets import TicketDB
+from sla_exporter.support.importer import main
+from sla_exporter.support.store import TicketDB
 
 SLA = """
 sla: {name: MailUp, timezone: Europe/Rome}
@@ -145,7 +145,7 @@ def test_an_sla_file_without_support_is_an_error(
 def test_the_console_script_runs_as_a_process(sla: Path, tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
     export.write_text(CSV)
-    command = [sys.executable, "-m", "sla_exporter.support_import", "--config.file", str(sla)]
+    command = [sys.executable, "-m", "sla_exporter.support.importer", "--config.file", str(sla)]
     result = subprocess.run(
         [*command, str(export)],
         capture_output=True,

@@ -12,16 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sla_exporter.config import Config, parse
-from sla_exporter.support import Policies, SupportDesk, derive, measure
-from sla_exporter.tickets import (
-    BadEvents,
-    Conflict,
-    Event,
-    TicketDB,
-    TicketEvent,
-    replay,
-    validate_events,
-)
+from sla_exporter.support.desk import Policies, SupportDesk, derive, measure
+from sla_exporter.support.events import BadEvents, Event, TicketEvent, validate_events
+from sla_exporter.support.replay import replay
+from sla_exporter.support.store import Conflict, TicketDB
 
 H = 3600.0
 ZURICH = ZoneInfo("Europe/Zurich")

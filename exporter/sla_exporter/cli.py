@@ -17,9 +17,9 @@ from aiohttp import web
 
 from . import __version__, webconfig
 from . import config as config_mod
-from .config import ConfigInvalid
 from .durations import parse_duration
 from .exporter import Exporter, Shard
+from .loader import ConfigInvalid
 from .web import LINKS_KEY, ConnectionCap, make_app
 from .webconfig import WebConfigFile
 

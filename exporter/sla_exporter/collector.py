@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import platform
 import time
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client import (
@@ -19,10 +17,10 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import __version__, pausing
 from .config import Config
+from .exposition import COUNTER, GAUGE, Exposition, Family, escape
 from .ledger import STATES, Figures, Ledger
 from .store import ServiceState, Store
 
@@ -68,30 +66,17 @@ class Health:
 
 
 # --------------------------------------------------------------------------------------------
-# The services' series
-#
-# Tens of thousands of services make hundreds of thousands of samples per scrape. Built as
-# prometheus_client Metric and Sample objects and formatted one label at a time, 10,000 services
-# took seconds per scrape on the event loop (4 s in bench/RESULTS.md); written straight to
-# text, with each service's label escaped once and its samples appended to its families' lists,
-# they take a fraction of that, written BATCH services at a time with the event loop given back
-# in between (see `render`); each service is written in one go, so a scrape still sees it either
-# before or after a probe result, never half of it.
-
-GAUGE, COUNTER = "gauge", "counter"
+# The services' series, written as text (exposition.py) BATCH services at a time with the event
+# loop given back in between (see `render`); each service is written in one go, so a scrape
+# still sees it either before or after a probe result, never half of it.
 
 
-@dataclass(frozen=True)
-class Family:
-    """A metric family: its name (counters without `_total`), type, help and label names."""
-
-    name: str
-    type: str
-    help: str
-    labels: tuple[str, ...] = (SERVICE,)  # in exposition (sorted) order
+def per_service(name: str, type: str, help: str, labels: tuple[str, ...] = (SERVICE,)) -> Family:
+    """A family with one series (or a few, by `labels`) per service."""
+    return Family(name, type, help, labels)
 
 
-# In the order they are exposed. Families whose index a renderer uses are named below.
+# In the order they are exposed.
 FAMILIES = (
     SLA_INFO := Family("sla_info", GAUGE, "The SLA this exporter measures.", ("sla", "timezone")),
     UNKNOWN := Family(
@@ -100,80 +85,84 @@ FAMILIES = (
         "Whether slots without a probe count as down (1) or are left out (0) of the SLA.",
         (),
     ),
-    SERVICE_INFO := Family(
+    SERVICE_INFO := per_service(
         "sla_service_info",
         GAUGE,
         "Services of the SLA and their probe kind.",
         ("description", "kind", SERVICE),
     ),
-    SUCCESS := Family(
+    SUCCESS := per_service(
         "sla_probe_success", GAUGE, "Whether the last probe succeeded (1) or failed (0)."
     ),
-    DURATION := Family("sla_probe_duration_seconds", GAUGE, "Duration of the last probe."),
-    PHASES := Family(
+    DURATION := per_service("sla_probe_duration_seconds", GAUGE, "Duration of the last probe."),
+    PHASES := per_service(
         "sla_probe_phase_duration_seconds",
         GAUGE,
         "Duration of each phase of the last probe.",
         ("phase", SERVICE),
     ),
-    LAST_RUN := Family(
+    LAST_RUN := per_service(
         "sla_probe_last_run_timestamp_seconds", GAUGE, "Unix time the last probe started."
     ),
-    INTERVAL := Family("sla_probe_interval_seconds", GAUGE, "Configured time between two probes."),
-    TIMEOUT := Family("sla_probe_timeout_seconds", GAUGE, "Configured time a probe may take."),
-    OBJECTIVE := Family("sla_objective_ratio", GAUGE, "Availability the SLA promises, as a ratio."),
-    TLS_EXPIRY := Family(
+    INTERVAL := per_service(
+        "sla_probe_interval_seconds", GAUGE, "Configured time between two probes."
+    ),
+    TIMEOUT := per_service("sla_probe_timeout_seconds", GAUGE, "Configured time a probe may take."),
+    OBJECTIVE := per_service(
+        "sla_objective_ratio", GAUGE, "Availability the SLA promises, as a ratio."
+    ),
+    TLS_EXPIRY := per_service(
         "sla_probe_tls_cert_expiry_timestamp_seconds",
         GAUGE,
         "Unix time the earliest-expiring certificate seen by the last probe expires.",
     ),
-    STATUS := Family(
+    STATUS := per_service(
         "sla_probe_status_code", GAUGE, "Last HTTP status or SMTP reply code the probe received."
     ),
-    PROBES := Family("sla_probes", COUNTER, "Probes run."),
-    FAILURES := Family("sla_probe_failures", COUNTER, "Probes failed, for any reason."),
-    REASONS := Family(
+    PROBES := per_service("sla_probes", COUNTER, "Probes run."),
+    FAILURES := per_service("sla_probe_failures", COUNTER, "Probes failed, for any reason."),
+    REASONS := per_service(
         "sla_probe_failure_reasons",
         COUNTER,
         "Probes failed, by reason of failure.",
         ("reason", SERVICE),
     ),
-    MAINT_PROBES := Family(
+    MAINT_PROBES := per_service(
         "sla_maintenance_probes", COUNTER, "Probes run during a declared maintenance window."
     ),
-    MAINT_FAILURES := Family(
+    MAINT_FAILURES := per_service(
         "sla_maintenance_probe_failures",
         COUNTER,
         "Probes failed during a declared maintenance window.",
     ),
-    MISSED := Family(
+    MISSED := per_service(
         "sla_probe_missed_runs",
         COUNTER,
         "Scheduled probes skipped because the previous one could not start in time.",
     ),
-    CONFIRMATIONS := Family(
+    CONFIRMATIONS := per_service(
         "sla_probe_confirmations",
         COUNTER,
         "Re-probes of a failing service between its regular slots (its `confirm` setting); "
         "not in sla_probes_total.",
     ),
-    MAINTENANCE := Family(
+    MAINTENANCE := per_service(
         "sla_maintenance", GAUGE, "Whether a declared maintenance window covers the service now."
     ),
-    MAINTENANCE_END := Family(
+    MAINTENANCE_END := per_service(
         "sla_maintenance_window_end_timestamp_seconds",
         GAUGE,
         "Declared end of the maintenance window covering the service now.",
     ),
-    CONSECUTIVE := Family(
+    CONSECUTIVE := per_service(
         "sla_probe_consecutive_failures", GAUGE, "Failed probes in a row, up to the last one."
     ),
-    FAILING_SINCE := Family(
+    FAILING_SINCE := per_service(
         "sla_probe_failing_since_timestamp_seconds",
         GAUGE,
         "Unix time the first probe of the current run of failures started.",
     ),
-    MONTH_SECONDS := Family(
+    MONTH_SECONDS := per_service(
         "sla_month_seconds",
         GAUGE,
         "Time of the calendar month so far in each state: up, down, unknown (no result, counted "
@@ -181,32 +170,32 @@ FAMILIES = (
         "slot).",
         ("month", SERVICE, "state"),
     ),
-    MONTH_BUDGET := Family(
+    MONTH_BUDGET := per_service(
         "sla_month_error_budget_seconds",
         GAUGE,
         "Down and unknown time the whole calendar month allows under its objective.",
         ("month", SERVICE),
     ),
-    MONTH_OBJECTIVE := Family(
+    MONTH_OBJECTIVE := per_service(
         "sla_month_objective_ratio",
         GAUGE,
         "The calendar month's objective: the objectives in force during it, weighted by time.",
         ("month", SERVICE),
     ),
-    POOLED_SECONDS := Family(
+    POOLED_SECONDS := per_service(
         "sla_month_pooled_seconds",
         GAUGE,
         "Time of the calendar month in each state pooled across every location of the SLA "
         "file under the quorum (more than half of those that know a moment saw it down).",
         ("month", SERVICE, "state"),
     ),
-    POOLED_BUDGET := Family(
+    POOLED_BUDGET := per_service(
         "sla_month_pooled_error_budget_seconds",
         GAUGE,
         "Down and unknown time the whole calendar month allows, pooled across locations.",
         ("month", SERVICE),
     ),
-    MONTH_SLOT := Family(
+    MONTH_SLOT := per_service(
         "sla_month_slot_seconds",
         GAUGE,
         "Length of one probe slot: the interval the month is probed at (at its end, once over).",
@@ -222,33 +211,6 @@ FAMILIES = (
         "sla_month_end_timestamp_seconds", GAUGE, "Unix time the calendar month ends.", ("month",)
     ),
 )
-_INDEX = {family: i for i, family in enumerate(FAMILIES)}
-
-
-def escape(value: str) -> str:
-    """A label value as the exposition formats write it."""
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def number(value: float) -> str:
-    """A sample value, written exactly as prometheus_client writes it (Go's float format)."""
-    if value < 1e6:  # the usual case, without the checks for exponents and infinities
-        return repr(float(value))
-    return str(floatToGoString(value))  # type: ignore[no-untyped-call]  # untyped upstream
-
-
-def _headers(family: Family, openmetrics: bool) -> str:
-    """The HELP and TYPE lines of `family` in one format or the other."""
-    if openmetrics:
-        doc = family.help.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        name = family.name
-    else:
-        doc = family.help.replace("\\", r"\\").replace("\n", r"\n")
-        name = family.name + "_total" if family.type == COUNTER else family.name
-    return f"# HELP {name} {doc}\n# TYPE {name} {family.type}\n"
-
-
-Rendering = Generator[None, None, list[bytes]]  # pauses (yields), then the exposition text
 BATCH = 200  # services rendered between two pauses: under 10 ms of the event loop
 
 
@@ -280,143 +242,87 @@ class ServiceCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        text = b"".join(finish(self.rendering())).decode()
+        text = b"".join(pausing.finish(self.rendering())).decode()
         yield from text_string_to_metric_families(text)
 
     async def render(self, openmetrics: bool = False, names: set[str] | None = None) -> bytes:
         """The services' families as exposition text, pausing for the event loop as it goes;
         with `names`, only families with those sample names (`name[]`, as prometheus_client)."""
-        rendering = self.rendering(openmetrics, names)
-        try:
-            while True:
-                next(rendering)
-                await asyncio.sleep(0)
-        except StopIteration as done:
-            return b"".join(done.value)
+        return b"".join(await pausing.run(self.rendering(openmetrics, names)))
 
-    def rendering(self, openmetrics: bool = False, names: set[str] | None = None) -> Rendering:
-        """The work of `render`, as a generator that yields where it may pause."""
+    def rendering(
+        self, openmetrics: bool = False, names: set[str] | None = None
+    ) -> pausing.Steps[list[bytes]]:
+        """The work of `render`, as steps between which the event loop may run."""
         config = self.config()
         if config is None:
             return []
         now = self.clock()
         ledger = self.ledger()
         when = datetime.fromtimestamp(now, UTC)
-        # Each family's lines since the last pause, then joined into one string per batch: a
-        # few hundred thousand small strings alive at once would cost more than the text.
-        lines: list[list[str]] = [[] for _ in FAMILIES]
-        add = [family.append for family in lines]
-        joined: list[list[str]] = [[] for _ in FAMILIES]
+        out = Exposition(FAMILIES)
+        w = out.writer
         sla = f'sla="{escape(config.sla.name)}",timezone="{escape(config.sla.timezone)}"'
-        add[_INDEX[SLA_INFO]](f"sla_info{{{sla}}} 1.0\n")
-        unknown = 1.0 if config.sla.unknown == "down" else 0.0
-        add[_INDEX[UNKNOWN]](f"sla_unknown_as_down {unknown}\n")
-        months = _Months(ledger, config, now, add, self.pooled()) if ledger is not None else None
+        w(SLA_INFO)(sla, 1.0)
+        w(UNKNOWN)("", 1.0 if config.sla.unknown == "down" else 0.0)
+        months = _Months(ledger, config, now, out, self.pooled()) if ledger is not None else None
 
-        # Each family's lines are "name{labels} value"; counters' samples end in _total.
-        (
-            service_info, success, duration, phases, last_run, interval, timeout, objective,
-            tls_expiry, status, probes, failures, reasons, maint_probes, maint_failures, missed,
-            confirmations, maintenance, maintenance_end, consecutive, failing_since,
-        ) = add[_INDEX[SERVICE_INFO] : _INDEX[FAILING_SINCE] + 1]  # fmt: skip
+        service_info, success, duration, phases = (
+            w(SERVICE_INFO),
+            w(SUCCESS),
+            w(DURATION),
+            w(PHASES),
+        )
+        last_run, interval, timeout, objective = w(LAST_RUN), w(INTERVAL), w(TIMEOUT), w(OBJECTIVE)
+        tls_expiry, status, probes, failures = w(TLS_EXPIRY), w(STATUS), w(PROBES), w(FAILURES)
+        reasons, maint_probes, maint_failures = w(REASONS), w(MAINT_PROBES), w(MAINT_FAILURES)
+        missed, confirmations, maintenance = w(MISSED), w(CONFIRMATIONS), w(MAINTENANCE)
+        maintenance_end, consecutive = w(MAINTENANCE_END), w(CONSECUTIVE)
+        failing_since = w(FAILING_SINCE)
         windows = config.maintenance
-        for i, state in enumerate(list(self.store.services.values())):
-            if i and i % BATCH == 0:
-                _join(lines, joined)
-                yield
-            label, service = state.label, state.service
-            kind, description = service.kind, escape(service.description)
-            service_info(
-                f'sla_service_info{{description="{description}",kind="{kind}",{label}}} 1.0\n'
-            )
-            interval(f"sla_probe_interval_seconds{{{label}}} {number(service.interval)}\n")
-            timeout(f"sla_probe_timeout_seconds{{{label}}} {number(service.effective_timeout)}\n")
-            objective(f"sla_objective_ratio{{{label}}} {number(state.objective)}\n")
-            probes(f"sla_probes_total{{{label}}} {number(state.probes)}\n")
-            failures(f"sla_probe_failures_total{{{label}}} {number(state.failures)}\n")
-            maint_probes(
-                f"sla_maintenance_probes_total{{{label}}} {number(state.maintenance_probes)}\n"
-            )
-            maint_failures(
-                f"sla_maintenance_probe_failures_total{{{label}}} "
-                f"{number(state.maintenance_failures)}\n"
-            )
-            missed(f"sla_probe_missed_runs_total{{{label}}} {number(state.missed_runs)}\n")
-            if state.service.confirm is not None:
-                confirmations(
-                    f"sla_probe_confirmations_total{{{label}}} {number(state.confirmations)}\n"
-                )
-            consecutive(
-                f"sla_probe_consecutive_failures{{{label}}} {number(state.consecutive_failures)}\n"
-            )
-            if state.failing_since is not None:
-                failing_since(
-                    f"sla_probe_failing_since_timestamp_seconds{{{label}}} "
-                    f"{number(state.failing_since)}\n"
-                )
-            for reason, count in state.reasons.items():
-                reasons(
-                    f'sla_probe_failure_reasons_total{{reason="{reason}",{label}}} '
-                    f"{number(count)}\n"
-                )
-            ends = [m.end for m in windows if m.covers(state.name, when)] if windows else []
-            maintenance(f"sla_maintenance{{{label}}} {1.0 if ends else 0.0}\n")
-            if ends:
-                maintenance_end(
-                    f"sla_maintenance_window_end_timestamp_seconds{{{label}}} "
-                    f"{number(max(ends).timestamp())}\n"
-                )
-            if months is not None:
-                months.add(state)
-            last = state.last
-            if last is None:
-                continue
-            success(f"sla_probe_success{{{label}}} {1.0 if last.success else 0.0}\n")
-            duration(f"sla_probe_duration_seconds{{{label}}} {number(last.duration)}\n")
-            last_run(f"sla_probe_last_run_timestamp_seconds{{{label}}} {number(last.timestamp)}\n")
-            for phase, seconds in last.phases.items():
-                phases(
-                    f'sla_probe_phase_duration_seconds{{phase="{phase}",{label}}} '
-                    f"{number(seconds)}\n"
-                )
-            if last.tls_expiry is not None:
-                tls_expiry(
-                    f"sla_probe_tls_cert_expiry_timestamp_seconds{{{label}}} "
-                    f"{number(last.tls_expiry)}\n"
-                )
-            if last.status_code is not None:
-                status(f"sla_probe_status_code{{{label}}} {number(last.status_code)}\n")
+        for batch in pausing.batched(list(self.store.services.values()), BATCH):
+            for state in batch:
+                label, service = state.label, state.service
+                description = escape(service.description)
+                service_info(f'description="{description}",kind="{service.kind}",{label}', 1.0)
+                interval(label, service.interval)
+                timeout(label, service.effective_timeout)
+                objective(label, state.objective)
+                probes(label, state.probes)
+                failures(label, state.failures)
+                maint_probes(label, state.maintenance_probes)
+                maint_failures(label, state.maintenance_failures)
+                missed(label, state.missed_runs)
+                if service.confirm is not None:
+                    confirmations(label, state.confirmations)
+                consecutive(label, state.consecutive_failures)
+                if state.failing_since is not None:
+                    failing_since(label, state.failing_since)
+                for reason, count in state.reasons.items():
+                    reasons(f'reason="{reason}",{label}', count)
+                ends = [m.end for m in windows if m.covers(state.name, when)] if windows else []
+                maintenance(label, 1.0 if ends else 0.0)
+                if ends:
+                    maintenance_end(label, max(ends).timestamp())
+                if months is not None:
+                    months.add(state)
+                last = state.last
+                if last is None:
+                    continue
+                success(label, 1.0 if last.success else 0.0)
+                duration(label, last.duration)
+                last_run(label, last.timestamp)
+                for phase, seconds in last.phases.items():
+                    phases(f'phase="{phase}",{label}', seconds)
+                if last.tls_expiry is not None:
+                    tls_expiry(label, last.tls_expiry)
+                if last.status_code is not None:
+                    status(label, last.status_code)
+            out.flush()
+            yield
         if months is not None:
             months.bounds_families()
-        _join(lines, joined)
-        out = []
-        for family, parts in zip(FAMILIES, joined, strict=True):
-            if names is None or _sample_name(family) in names:
-                out.append(_headers(family, openmetrics).encode())
-                out.extend(part.encode() for part in parts)
-            parts.clear()
-        return out
-
-
-def _join(lines: list[list[str]], joined: list[list[str]]) -> None:
-    for pending, parts in zip(lines, joined, strict=True):
-        if pending:
-            parts.append("".join(pending))
-            pending.clear()
-
-
-def finish(rendering: Rendering) -> list[bytes]:
-    """Run a rendering to its end without pausing."""
-    try:
-        while True:
-            next(rendering)
-    except StopIteration as done:
-        text: list[bytes] = done.value
-        return text
-
-
-def _sample_name(family: Family) -> str:
-    return family.name + "_total" if family.type == COUNTER else family.name
+        return out.text(openmetrics, names)
 
 
 class _Months:
@@ -427,24 +333,20 @@ class _Months:
         ledger: Ledger,
         config: Config,
         now: float,
-        add: list[Callable[[str], None]],
+        out: Exposition,
         pooled: dict[str, dict[str, Figures]],
     ) -> None:
         self.ledger = ledger
         self.pooled = pooled
-        self.pooled_seconds, self.pooled_budget = add[
-            _INDEX[POOLED_SECONDS] : _INDEX[POOLED_BUDGET] + 1
-        ]
         self.config = config
         self.now = now
-        self.current = ledger.key(ledger.now(now))
         self.bounds: dict[str, tuple[int, int]] = {}  # of each month seen, in that order
         self.windows = config.maintenance_by_service()
-        self.seconds, self.budget, self.objective = add[
-            _INDEX[MONTH_SECONDS] : _INDEX[MONTH_OBJECTIVE] + 1
-        ]
-        self.slot = add[_INDEX[MONTH_SLOT]]
-        self.starts, self.ends = add[_INDEX[MONTH_START]], add[_INDEX[MONTH_END]]
+        self.seconds, self.budget = out.writer(MONTH_SECONDS), out.writer(MONTH_BUDGET)
+        self.objective, self.slot = out.writer(MONTH_OBJECTIVE), out.writer(MONTH_SLOT)
+        self.pooled_seconds = out.writer(POOLED_SECONDS)
+        self.pooled_budget = out.writer(POOLED_BUDGET)
+        self.starts, self.ends = out.writer(MONTH_START), out.writer(MONTH_END)
 
     def add(self, state: ServiceState) -> None:
         ledger, now, label, name = self.ledger, self.now, state.label, state.name
@@ -456,26 +358,17 @@ class _Months:
             figures = ledger.exposed(name, key, now, interval, windows, state.objective, unknown)
             labels = f'month="{key}",{label}'
             for kind in STATES:
-                value = number(figures.seconds[kind] / 1000)
-                self.seconds(f'sla_month_seconds{{{labels},state="{kind}"}} {value}\n')
-            self.budget(
-                f"sla_month_error_budget_seconds{{{labels}}} {number(figures.budget / 1000)}\n"
-            )
-            self.objective(f"sla_month_objective_ratio{{{labels}}} {number(figures.objective)}\n")
-            self.slot(f"sla_month_slot_seconds{{{labels}}} {number(interval)}\n")
+                self.seconds(f'{labels},state="{kind}"', figures.seconds[kind] / 1000)
+            self.budget(labels, figures.budget / 1000)
+            self.objective(labels, figures.objective)
+            self.slot(labels, interval)
         for key, figures in self.pooled.get(name, {}).items():
             labels = f'month="{key}",{label}'
             for kind in STATES:
-                value = number(figures.seconds[kind] / 1000)
-                self.pooled_seconds(
-                    f'sla_month_pooled_seconds{{{labels},state="{kind}"}} {value}\n'
-                )
-            budget = number(figures.budget / 1000)
-            self.pooled_budget(f"sla_month_pooled_error_budget_seconds{{{labels}}} {budget}\n")
+                self.pooled_seconds(f'{labels},state="{kind}"', figures.seconds[kind] / 1000)
+            self.pooled_budget(labels, figures.budget / 1000)
 
     def bounds_families(self) -> None:
         for key, (start, end) in self.bounds.items():
-            self.starts(
-                f'sla_month_start_timestamp_seconds{{month="{key}"}} {number(start / 1000)}\n'
-            )
-            self.ends(f'sla_month_end_timestamp_seconds{{month="{key}"}} {number(end / 1000)}\n')
+            self.starts(f'month="{key}"', start / 1000)
+            self.ends(f'month="{key}"', end / 1000)

@@ -19,18 +19,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import config as config_mod
-from . import recovery
+from . import pausing, recovery
 from .collector import Health, ServiceCollector
-from .config import Config, ConfigError, ConfigInvalid, Service
+from .config import Config, Service
 from .ledger import Ledger
+from .loader import ConfigError, ConfigInvalid
 from .pool import INTERVAL as POOL_INTERVAL
 from .pool import Pool
 from .probes import ProbeResult
 from .probes.base import EXPORTER_FAULTS
 from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
 from .store import Store
-from .support import SupportDesk, SupportUnavailable
-from .support_collector import SupportCollector
+from .support.collector import SupportCollector
+from .support.desk import SupportDesk, SupportUnavailable
 from .zone import ZoneCollector
 
 log = logging.getLogger(__name__)
@@ -476,9 +477,9 @@ class Exporter:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             names = list(self.config.services) if self.config is not None else []
-            for i in range(0, len(names), ADVANCE_BATCH):  # probes due meanwhile start on time
-                self._advance(names[i : i + ADVANCE_BATCH])
-                await asyncio.sleep(0)
+            for batch in pausing.batched(names, ADVANCE_BATCH):
+                self._advance(batch)
+                await asyncio.sleep(0)  # probes due meanwhile start on time
             await self._write_ledger()
 
     async def _write_ledger(self) -> None:
@@ -488,13 +489,7 @@ class Exporter:
             self.ledger_ok.set(1)
             return
         ledger.prune()
-        dumping = ledger.dumping()
-        try:
-            while True:
-                next(dumping)
-                await asyncio.sleep(0)  # probes due meanwhile start on time
-        except StopIteration as done:
-            content: bytes | None = done.value
+        content = await pausing.run(ledger.dumping())  # probes due meanwhile start on time
         if content is None:
             return
         try:

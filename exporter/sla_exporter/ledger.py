@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 from bisect import bisect_right
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
@@ -48,6 +48,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+from . import pausing
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +386,7 @@ class Ledger:
                     carried_until=m.carried_until,
                 )
 
-    def dumping(self, batch: int = 500) -> Generator[None, None, bytes | None]:
+    def dumping(self, batch: int = 500) -> pausing.Steps[bytes | None]:
         """The ledger as file content if it changed since the last call, else None; yields
         every `batch` services so that the event loop (where the ledger changes, and where this
         runs so that a writer thread never sees it half-changed) can go on in between."""
@@ -393,33 +395,30 @@ class Ledger:
         self._dirty = False  # changes from now on are in the next snapshot (maybe in this one)
         head = {"version": FORMAT_VERSION, "timezone": self.zone.key, "horizon": self.horizon}
         parts = [json.dumps(head, separators=(",", ":"))[:-1], ',"services":{']
-        for i, (name, book) in enumerate(list(self.books.items())):
-            if i and i % batch == 0:
-                yield
-            months = {
-                key: {
-                    "runs": [[r.start, r.end, r.up, sorted(r.reasons)] for r in m.runs],
-                    "maintenance": [list(span) for span in m.maintenance],
-                    "terms": [[t.start, t.objective, t.unknown] for t in m.terms],
-                    "carried": m.carried,
-                    "carried_until": m.carried_until,
+        comma = ""
+        for chunk in pausing.batched(list(self.books.items()), batch):
+            for name, book in chunk:
+                months = {
+                    key: {
+                        "runs": [[r.start, r.end, r.up, sorted(r.reasons)] for r in m.runs],
+                        "maintenance": [list(span) for span in m.maintenance],
+                        "terms": [[t.start, t.objective, t.unknown] for t in m.terms],
+                        "carried": m.carried,
+                        "carried_until": m.carried_until,
+                    }
+                    for key, m in book.months.items()
                 }
-                for key, m in book.months.items()
-            }
-            entry = {"since": book.since, "committed": book.committed, "months": months}
-            comma = "," if i else ""
-            parts.append(f"{comma}{json.dumps(name)}:{json.dumps(entry, separators=(',', ':'))}")
+                entry = {"since": book.since, "committed": book.committed, "months": months}
+                entry_text = json.dumps(entry, separators=(",", ":"))
+                parts.append(f"{comma}{json.dumps(name)}:{entry_text}")
+                comma = ","
+            yield
         parts.append("}}")
         return "".join(parts).encode()
 
     def snapshot(self) -> bytes | None:
-        dumping = self.dumping()
-        try:
-            while True:
-                next(dumping)
-        except StopIteration as done:
-            content: bytes | None = done.value
-            return content
+        """`dumping()` run to its end at once."""
+        return pausing.finish(self.dumping())
 
     def write(self, content: bytes, path: Path | None = None) -> None:
         """Replace the file atomically: write a temporary file, fsync it, rename it over."""

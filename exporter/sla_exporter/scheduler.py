@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .config import Config, Service
 from .ledger import ms, slot
-from .probes import PROBERS, ProbeResult, run_probe
+from .probes import KINDS, ProbeResult, run_probe
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class SystemClock:
 
 async def probe_service(name: str, service: Service) -> ProbeResult:
     """Run the service's probe kind once under its timeout."""
-    kind = PROBERS[service.kind]
-    return await run_probe(kind.prober, service.probe, service.effective_timeout, kind.classify)
+    return await run_probe(KINDS[service.kind].probe, service.probe, service.effective_timeout)
 
 
 class Scheduler:

@@ -6,6 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .config import Config, Service
+from .exposition import escape
 from .probes.base import ProbeResult
 
 RECENT_FAILURES = 10  # kept per service for the landing page
@@ -28,15 +29,13 @@ class ServiceState:
     confirmations: int = 0  # re-probes of a failing service between its slots
     consecutive_failures: int = 0  # failed probes in a row, up to the last one; 0 after a success
     failing_since: float | None = None  # start of the first probe of that run of failures
-    last_lag: float = 0.0
     # The last failures, for the landing page; made at the first failure (an empty deque costs
     # 0.75 KiB, and most services never fail).
     recent_failures: deque[ProbeResult] | tuple[()] = ()
     label: str = ""  # sla_service="name" as /metrics writes it, escaped once
 
     def __post_init__(self) -> None:
-        escaped = self.name.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        self.label = f'sla_service="{escaped}"'
+        self.label = f'sla_service="{escape(self.name)}"'
 
 
 class Store:
@@ -99,8 +98,3 @@ class Store:
         state = self.services.get(name)
         if state is not None:
             state.missed_runs += runs
-
-    def lag(self, name: str, seconds: float) -> None:
-        state = self.services.get(name)
-        if state is not None:
-            state.last_lag = seconds

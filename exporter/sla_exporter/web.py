@@ -31,8 +31,8 @@ from .pool import MONTHS_PATH, months_document
 from .probes.base import ProbeResult
 from .report import month_document
 from .store import RECENT_FAILURES
-from .support import misses as support_misses
-from .support_web import EVENTS_PATH, events_handler
+from .support.desk import misses as support_misses
+from .support.web import EVENTS_PATH, events_handler
 from .webconfig import WebConfig, WebConfigFile
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from .config import ConfigInvalid, ExistingFile, Model, load_model
+from .loader import ConfigInvalid, load_model
+from .values import ExistingFile, Model
 
 log = logging.getLogger(__name__)
 

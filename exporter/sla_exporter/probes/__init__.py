@@ -1,24 +1,22 @@
-"""The closed registry of probe kinds: config key -> prober and error classifier."""
+"""The closed registry of probe kinds: one module per kind, each owning its config section's
+model and its prober (`KIND`), found here by the key a service sets in the SLA file.
+
+Adding a kind: write `probes/<kind>.py` with its model, `async def probe(config, trace)` and
+`KIND = Kind("<kind>", Model, probe)`, and list it below. The SLA file's `services.<name>`
+section then accepts the key (config.py builds the Service model from this registry), the
+scheduler runs it, and its failures get the shared reasons (base.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
 from . import http, sms_gateway, smtp
-from .base import ProbeFailed, Prober, ProbeResult, Reason, Trace, run_probe
+from .base import Kind, ProbeFailed, ProbeResult, Reason, Trace, run_probe
 
-
-@dataclass(frozen=True)
-class Kind:
-    prober: Prober
-    classify: Callable[[BaseException, Trace], ProbeFailed | None]
-
-
-PROBERS: dict[str, Kind] = {
-    "http": Kind(http.probe, http.classify),
-    "smtp": Kind(smtp.probe, smtp.classify),
-    "sms_gateway": Kind(sms_gateway.probe, sms_gateway.classify),
+KINDS: Mapping[str, Kind[Any]] = {
+    kind.name: kind for kind in (http.KIND, smtp.KIND, sms_gateway.KIND)
 }
 
-__all__ = ["PROBERS", "Kind", "ProbeFailed", "ProbeResult", "Reason", "Trace", "run_probe"]
+__all__ = ["KINDS", "Kind", "ProbeFailed", "ProbeResult", "Reason", "Trace", "run_probe"]

@@ -12,9 +12,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Generic, TypeVar
 
 from cryptography import x509
+from pydantic import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,22 @@ class Trace:
             self.tls_expiry = not_after
 
 
-class Prober(Protocol):
-    """A probe kind: check the target described by `config` and record what happened in `trace`.
+C = TypeVar("C", bound=BaseModel)
 
-    Returns a one-line success message, or raises ProbeFailed for an expected failure. Anything
-    else it raises is classified by the runner. It must open fresh connections on every call.
+
+@dataclass(frozen=True)
+class Kind(Generic[C]):
+    """A probe kind: the key a service sets in the SLA file, the model of that section, and the
+    prober that checks the target the section describes.
+
+    The prober records what happens in its `trace` and returns a one-line success message, or
+    raises ProbeFailed for an expected failure; the runner classifies anything else it raises
+    (`network_failure`). It must open fresh connections on every call.
     """
 
-    def __call__(self, config: Any, trace: Trace) -> Awaitable[str]: ...
+    name: str
+    config: type[C]
+    probe: Callable[[C, Trace], Awaitable[str]]
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -142,10 +151,9 @@ def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 async def run_probe(
-    prober: Prober,
-    config: Any,
+    prober: Callable[[C, Trace], Awaitable[str]],
+    config: C,
     timeout: float,
-    classify: Callable[[BaseException, Trace], ProbeFailed | None] = lambda exc, trace: None,
     wall_clock: Callable[[], float] = time.time,
 ) -> ProbeResult:
     """Run one probe under its timeout; every outcome, including a bug, becomes a ProbeResult."""
@@ -164,13 +172,13 @@ async def run_probe(
         timed_out = ProbeFailed(
             Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}"
         )
-        failure = timed_out if deadline.expired() else (classify(exc, trace) or timed_out)
+        failure = timed_out if deadline.expired() else (network_failure(exc, trace) or timed_out)
     except ProbeFailed as exc:
         failure = exc
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # every failure must end as a result, never kill the scheduler
-        failure = exporter_fault(exc, trace) or classify(exc, trace)
+        failure = network_failure(exc, trace)
         if failure is None:
             log.exception("probe raised an unexpected error during %s", trace.phase)
             failure = ProbeFailed(Reason.INTERNAL, f"{type(exc).__name__} during {trace.phase}")

@@ -9,19 +9,38 @@ import ssl
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, quote_plus, urlencode
 
 import aiohttp
 import regex
 from multidict import CIMultiDict
-from pydantic import SecretStr
+from pydantic import (
+    Field,
+    PlainValidator,
+    SecretStr,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yarl import URL
 
 from .. import __version__
-from ..config import TLS, Expect, HTTPProbe, HTTPStep, RedirectPolicy, Text
-from ..secrets import reveal
-from .base import ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
+from ..values import (
+    TLS,
+    Headers,
+    HTTPStatus,
+    Method,
+    Model,
+    Regex,
+    Text,
+    custom,
+    reveal,
+    show,
+)
+from ..values import URL as URLValue
+from .base import Kind, ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
 from .http1 import Response, exchange
 from .tls import client_context, observing
 
@@ -29,6 +48,137 @@ USER_AGENT = f"sla-exporter/{__version__}"
 _SHOWN_URL = 80  # characters of a URL kept in messages, so the verdict after it survives `bounded`
 _SHOWN_VALUE = 60  # characters of a configured or received value quoted in a message
 _AUTH_HEADERS = ("authorization", "proxy-authorization")
+
+# --------------------------------------------------------------------------------------------
+# Config: the `http:` section of a service
+
+
+class Expect(Model):
+    """What a response must look like; every check given must pass."""
+
+    status: list[HTTPStatus] | None = Field(default=None, min_length=1)
+    body_contains: str | None = None
+    body_regex: Regex | None = None
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+
+    def accepts_status(self, status: int) -> bool:
+        """Whether `status` is expected: one of `status`, or any 2xx when that is not set."""
+        return status in self.status if self.status is not None else 200 <= status <= 299
+
+
+# Which redirects a request follows: none (the redirect itself is the answer checked), those
+# to the same host (http to https included), or any. `true` and `false` stay for any and none.
+RedirectPolicy = Literal["none", "same_host", "any"]
+REDIRECT_POLICIES: tuple[RedirectPolicy, ...] = ("none", "same_host", "any")
+
+
+def _redirects(value: Any) -> RedirectPolicy:
+    if value is True:
+        return "any"
+    if value is False:
+        return "none"
+    for policy in REDIRECT_POLICIES:
+        if value == policy:
+            return policy
+    raise custom(
+        "redirects",
+        f"must be one of none, same_host, any (or true for any, false for none), got {show(value)}",
+    )
+
+
+Redirects = Annotated[RedirectPolicy, PlainValidator(_redirects)]
+
+
+def _body_or_form(body: Any, info: ValidationInfo) -> None:
+    if body is not None and info.data.get("body") is not None:
+        raise custom("body_form", "cannot be set together with body; use one or the other")
+
+
+class HTTPStep(Model):
+    url: URLValue
+    method: Method = "GET"
+    headers: Headers = {}
+    body: Text | None = None
+    form: dict[str, Text] | None = None
+    follow_redirects: Redirects | None = None
+    expect: Expect = Expect()
+
+    @field_validator("form")
+    @classmethod
+    def _one_body(cls, form: Any, info: ValidationInfo) -> Any:
+        _body_or_form(form, info)
+        return form
+
+
+# Keys that describe the single request; with `steps` they belong on each step instead.
+_REQUEST_KEYS = ("method", "body", "form", "expect")
+
+
+class HTTPProbe(Model):
+    """One request (`url` and friends) or a short flow of `steps` sharing one cookie jar."""
+
+    url: URLValue | None = None
+    method: Method = "GET"
+    headers: Headers = {}
+    body: Text | None = None
+    form: dict[str, Text] | None = None
+    expect: Expect = Expect()
+    steps: list[HTTPStep] | None = Field(default=None, min_length=1, max_length=10)
+    follow_redirects: Redirects = "any"
+    tls: TLS = TLS()
+    max_body_bytes: StrictInt = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+    @field_validator("form")
+    @classmethod
+    def _one_body(cls, form: Any, info: ValidationInfo) -> Any:
+        _body_or_form(form, info)
+        return form
+
+    @model_validator(mode="after")
+    def _url_or_steps(self) -> HTTPProbe:
+        if self.url is None and self.steps is None:
+            raise custom("url_or_steps", "must set url (one request) or steps (a flow)")
+        if self.url is not None and self.steps is not None:
+            raise custom(
+                "url_or_steps",
+                "cannot be used together with url; use url for one request or steps for a flow",
+                field="steps",
+            )
+        if self.steps is not None:
+            for key in _REQUEST_KEYS:
+                if key in self.model_fields_set:
+                    raise custom(
+                        "url_or_steps", "belongs on each step when steps are used", field=key
+                    )
+        return self
+
+    def flow(self) -> list[HTTPStep]:
+        """The requests this probe makes, in order; `headers` apply to every step."""
+        if self.steps is None:
+            assert self.url is not None
+            steps = [
+                HTTPStep(
+                    url=self.url,
+                    method=self.method,
+                    body=self.body,
+                    form=self.form,
+                    expect=self.expect,
+                )
+            ]
+        else:
+            steps = self.steps
+        return [
+            s.model_copy(
+                update={
+                    "headers": {**self.headers, **s.headers},
+                    "follow_redirects": (
+                        self.follow_redirects if s.follow_redirects is None else s.follow_redirects
+                    ),
+                }
+            )
+            for s in steps
+        ]
+
 
 # --------------------------------------------------------------------------------------------
 # Requests and responses
@@ -108,7 +258,7 @@ def failures(trace: Trace, secrets: Collection[str]) -> Iterator[None]:
             failure.reason, mask(failure.message, secrets), failure.status_code
         ) from failure
     except Exception as exc:
-        known = classify(exc, trace)
+        known = network_failure(exc, trace)
         if known is None:
             raise
         raise ProbeFailed(known.reason, mask(known.message, secrets), known.status_code) from exc
@@ -313,7 +463,7 @@ def check_status(
 ) -> None:
     """Fail unless the status is expected (any 2xx by default); `detail` is added to the message."""
     status = response.status
-    expected = 200 <= status < 300 if expect.status is None else status in expect.status
+    expected = expect.accepts_status(status)
     if expected:
         return
     extra = f": {request.quote(detail)}" if detail else ""
@@ -476,6 +626,4 @@ async def probe(config: HTTPProbe, trace: Trace) -> str:
     return f"{done}{request.label}: status {response.status}, {len(response.body)} bytes"
 
 
-def classify(exc: BaseException, trace: Trace) -> ProbeFailed | None:
-    """Map what the exchange raises to reasons: socket and TLS errors (network_failure)."""
-    return network_failure(exc, trace)
+KIND = Kind("http", HTTPProbe, probe)

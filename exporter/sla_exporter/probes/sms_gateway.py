@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..config import Expect, SMSGatewayProbe
-from .base import ProbeFailed, Reason, Trace, bounded
+from pydantic import Field, SecretStr, StrictBool, StrictInt
+
+from ..values import TLS, URL, HeaderName, Headers, InHeader, Model
+from .base import Kind, ProbeFailed, Reason, Trace, bounded
 from .http import (
     Client,
+    Expect,
     Request,
     check_body,
     check_status,
-    classify,
     describe,
     failures,
     parse_json,
@@ -22,7 +24,33 @@ from .http import (
 )
 from .http1 import Response
 
-__all__ = ["classify", "gateway_error", "probe"]
+__all__ = ["KIND", "SMSGatewayProbe", "SMSSendTest", "gateway_error", "probe"]
+
+# --------------------------------------------------------------------------------------------
+# Config: the `sms_gateway:` section of a service
+
+
+class SMSSendTest(Model):
+    """A real test SMS: costs money, so it is sent only when `enabled` is true."""
+
+    enabled: StrictBool = False
+    url: URL
+    to: str = Field(min_length=1)
+    text: str = "SLA probe"
+
+
+class SMSGatewayProbe(Model):
+    url: URL
+    method: Literal["GET", "POST"] = "GET"
+    token: Annotated[SecretStr, InHeader] | None = None
+    token_header: HeaderName = "Authorization"
+    token_prefix: Annotated[str, InHeader] = "Bearer "
+    headers: Headers = {}
+    expect: Expect = Expect()
+    send_test: SMSSendTest | None = None
+    tls: TLS = TLS()
+    max_body_bytes: StrictInt = Field(default=1 << 20, ge=1024, le=64 << 20)
+
 
 _ERROR_TEXT = 120  # characters of the gateway's own error text kept in a message
 _FAILED_STATUSES = ("error", "failed", "fail")
@@ -124,3 +152,6 @@ async def probe(config: SMSGatewayProbe, trace: Trace) -> str:
                 _check(response, Expect(), test)
                 message += f"; test SMS accepted (status {response.status})"
     return message
+
+
+KIND = Kind("sms_gateway", SMSGatewayProbe, probe)

@@ -9,21 +9,113 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import re
+import socket
 import ssl
 import time
 from collections import deque
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
+from typing import Annotated, Any, Literal
 
-from ..config import SMTPProbe
-from ..secrets import reveal
-from .base import ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
+
+from ..values import TLS, Model, Port, custom, reveal, show
+from .base import Kind, ProbeFailed, Reason, Trace, bounded, certificate_expiry
 from .tls import client_context, observing
 from .wire import Connection, connect
+
+# --------------------------------------------------------------------------------------------
+# Config: the `smtp:` section of a service
+
+
+class SMTPAuth(Model):
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class SMTPSend(Model):
+    """A test message sent through the server after AUTH, to a mailbox you own."""
+
+    from_: str = Field(alias="from", min_length=3)
+    to: list[str] = Field(min_length=1)
+    subject: str = "SLA probe"
+
+
+def _starttls(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` (and `no`, `false`) as false; the user meant the word.
+    if value is False:
+        return "off"
+    if value is True:
+        raise custom(
+            "starttls",
+            'must be "required", "opportunistic" or "off", got true '
+            "(on, yes and true are ambiguous here)",
+        )
+    return value
+
+
+def _host(value: str) -> str:
+    if not value or "/" in value or any(c.isspace() for c in value):
+        raise custom("host", f"must be a host name or IP address, got {show(value)}")
+    if value.count(":") == 1:
+        raise custom("host", f"must not include a port (use port), got {show(value)}")
+    return value
+
+
+@functools.cache
+def _fqdn() -> str:
+    # getfqdn() can wait on DNS; do it once per process, not on every reload.
+    return socket.getfqdn()
+
+
+StartTLS = Literal["required", "opportunistic", "off"]
+
+
+class SMTPProbe(Model):
+    host: Annotated[str, AfterValidator(_host)]
+    port: Port | None = None
+    implicit_tls: StrictBool = False
+    starttls: Annotated[StartTLS | None, BeforeValidator(_starttls)] = None
+    ehlo_name: str = Field(default_factory=_fqdn, min_length=1)
+    tls: TLS = TLS()
+    auth: SMTPAuth | None = None
+    send: SMTPSend | None = None
+
+    @field_validator("starttls")
+    @classmethod
+    def _tls_modes(cls, starttls: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("implicit_tls") and starttls in ("required", "opportunistic"):
+            raise custom(
+                "smtp_tls",
+                f'must be "off" with implicit_tls (TLS is already up), got "{starttls}"',
+            )
+        return starttls
+
+    @property
+    def effective_port(self) -> int:
+        """`port`, or 465 with implicit TLS and 25 without."""
+        return self.port or (465 if self.implicit_tls else 25)
+
+    @property
+    def effective_starttls(self) -> StartTLS:
+        """`starttls`, or "off" with implicit TLS and "required" without."""
+        if self.starttls is not None:
+            return self.starttls
+        return "off" if self.implicit_tls else "required"
+
 
 SERVER_TEXT = 120  # characters of a server reply quoted in a failure message
 MAX_LINE = 8192  # bytes of one reply line before the reply counts as garbage
@@ -243,11 +335,6 @@ async def probe(config: SMTPProbe, trace: Trace) -> str:
     return f"SMTP dialogue ok: {', '.join(steps)}"
 
 
-def classify(exc: BaseException, trace: Trace) -> ProbeFailed | None:
-    """Socket and TLS errors; the dialogue itself raises ProbeFailed with its reason."""
-    return network_failure(exc, trace)
-
-
 async def _login(session: _Session, config: SMTPProbe, encrypted: bool) -> str:
     """AUTH once with the preferred mechanism; never spray a refused password across others."""
     assert config.auth is not None
@@ -344,3 +431,6 @@ class _Handshakes:
             self.trace.saw_certificate(expiry)
         if self.trace.phase == "tls":  # implicit TLS: the banner comes next
             self.trace.enter("banner")
+
+
+KIND = Kind("smtp", SMTPProbe, probe)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Protocol
 
-from ..config import TLS
+from ..values import TLS
 from .base import ProbeFailed, Reason
 
 

@@ -16,17 +16,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from .config import ConfigInvalid
-from .tickets import (
-    BadEvents,
-    Conflict,
-    TicketDB,
-    TicketEvent,
-    parse_json,
-    same_id_different_content,
-    validate_event,
-)
+from .. import config as config_mod
+from ..loader import ConfigInvalid
+from .events import BadEvents, TicketEvent, parse_json, same_id_different_content, validate_event
+from .store import Conflict, TicketDB
 
 COLUMNS = list(TicketEvent.model_fields)
 

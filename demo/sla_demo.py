@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from aiohttp import web
 
-log = logging.getLogger("sla_exporter.demo")
+log = logging.getLogger("sla_demo")
 
 SERVICES = ("website", "app", "api", "smtp", "sms")
 API_TOKEN = "demo-api-token"  # the demo config reads these from the environment, as you would

@@ -22,9 +22,10 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from .secrets import reveal
-from .support import SupportDesk, SupportUnavailable
-from .tickets import BadEvents, Conflict, parse_json, validate_events
+from ..values import reveal
+from .desk import SupportDesk, SupportUnavailable
+from .events import BadEvents, parse_json, validate_events
+from .store import Conflict
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from ..config import Config
+from ..ledger import month_key
 from .business_time import WALL_CLOCK, Calendar, WallClock
-from .config import Config
-from .ledger import month_key
-from .support_config import TARGETS, Policy, SupportConfig
-from .tickets import ClockRun, Event, Ingested, TicketDB, TicketEvent, TicketStore, Timeline, replay
+from .config import TARGETS, Policy, SupportConfig
+from .events import Event, TicketEvent
+from .replay import ClockRun, Timeline, replay
+from .store import Ingested, TicketDB, TicketStore
 
 log = logging.getLogger(__name__)
 

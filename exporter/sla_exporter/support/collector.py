@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .ledger import month_bounds
-from .support import STATES, Histogram, SupportDesk, months
+from ..ledger import month_bounds
+from .desk import STATES, Histogram, SupportDesk, months
 
 
 class SupportCollector(Collector):

@@ -1,7 +1,7 @@
 """The `support:` section of the SLA file: business calendars, ticket policies and ingestion.
 
 Same rules as the rest of the file (strict keys, errors with line and path); the models build on
-the value types of `config`, which imports this module at its end for `Config.support`.
+the shared value types (values.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from ..durations import format_duration, parse_duration
+from ..values import Duration, Model, Objective, TimeZone, custom, show
 from .business_time import DAY, Calendar, Interval
-from .config import Duration, Model, Objective, TimeZone, _custom, _show
-from .durations import format_duration, parse_duration
 
 # --------------------------------------------------------------------------------------------
 # Value types
@@ -39,10 +39,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 def _name(value: str) -> str:
     if not _NAME.match(value):
-        raise _custom(
+        raise custom(
             "name",
             "names must start with a lower-case letter and use only a-z, 0-9, _ and - "
-            f"(at most 63 characters), got {_show(value)}",
+            f"(at most 63 characters), got {show(value)}",
         )
     return value
 
@@ -57,9 +57,9 @@ _OFFSET_NAME = re.compile(r"^(GMT|UTC)\s*[+-]\s*\d{1,2}(:?\d{2})?$", re.IGNORECA
 
 def _office_zone(value: Any) -> Any:
     if isinstance(value, str) and _OFFSET_NAME.match(value.strip()):
-        raise _custom(
+        raise custom(
             "timezone",
-            f"must be an IANA time zone, got {_show(value)}: use the zone of the office, such as "
+            f"must be an IANA time zone, got {show(value)}: use the zone of the office, such as "
             '"Europe/Zurich" for GMT+1 with summer time, or a fixed offset such as "Etc/GMT-1" '
             "(UTC+1 all year; the sign of Etc/ zones is inverted)",
         )
@@ -78,10 +78,10 @@ def _days(value: str) -> str:
         or (last and last not in WEEKDAYS)
         or (last and WEEKDAYS.index(last) <= WEEKDAYS.index(first))
     ):
-        raise _custom(
+        raise custom(
             "weekday",
             "must be a day (mon, tue, wed, thu, fri, sat, sun) or a range of days in week order "
-            f'like "mon-fri", got {_show(value)}',
+            f'like "mon-fri", got {show(value)}',
         )
     return value
 
@@ -108,14 +108,14 @@ def parse_hours(text: str) -> Interval:
 def _hours(value: Any) -> str:
     if not isinstance(value, str):
         # Unquoted 9:00 is a YAML 1.1 base-60 number (540); a range is always text.
-        raise _custom("hours", f'must be opening hours like "08:00-17:00", got {_show(value)}')
+        raise custom("hours", f'must be opening hours like "08:00-17:00", got {show(value)}')
     try:
         parse_hours(value)
     except ValueError:
-        raise _custom(
+        raise custom(
             "hours",
             'must be opening hours like "08:00-17:00" (start before end, 24:00 at the latest), '
-            f"got {_show(value)}",
+            f"got {show(value)}",
         ) from None
     return value
 
@@ -127,7 +127,7 @@ def _day(value: Any) -> date:
     # YAML reads an unquoted 2026-12-24 as a date; anything else is a typo or a local format.
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
-    raise _custom("date", f"must be a date like 2026-12-24 (unquoted), got {_show(value)}")
+    raise custom("date", f"must be a date like 2026-12-24 (unquoted), got {show(value)}")
 
 
 Day = Annotated[date, BeforeValidator(_day)]
@@ -188,11 +188,11 @@ _SPAN_RULE = 'must be a duration like "4h" or "1h30m", or working days like "5 w
 
 def _span(value: Any) -> Span:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise _custom("span", f"{_SPAN_RULE}, got {_show(value)} (a number without a unit)")
+        raise custom("span", f"{_SPAN_RULE}, got {show(value)} (a number without a unit)")
     try:
         return parse_span(value)
     except ValueError:
-        raise _custom("span", f"{_SPAN_RULE}, got {_show(value)}") from None
+        raise custom("span", f"{_SPAN_RULE}, got {show(value)}") from None
 
 
 SpanValue = Annotated[Span, BeforeValidator(_span)]
@@ -208,7 +208,7 @@ def _target_form(value: Any) -> Any:
 
 def _database(value: str, info: ValidationInfo) -> str:
     if not value.strip():
-        raise _custom("database", "must be a file path, got an empty value")
+        raise custom("database", "must be a file path, got an empty value")
     base = (info.context or {}).get("base_dir")
     return os.fspath(Path(base, value) if base is not None else Path(value))
 
@@ -218,7 +218,7 @@ DatabasePath = Annotated[str, AfterValidator(_database)]
 
 def _token(value: SecretStr) -> SecretStr:
     if len(value.get_secret_value()) < 16:
-        raise _custom("token", "must be at least 16 characters long (a random string)")
+        raise custom("token", "must be at least 16 characters long (a random string)")
     return value
 
 
@@ -246,10 +246,10 @@ class Holidays(Model):
         if value not in countries:
             close = difflib.get_close_matches(value.upper(), list(countries), n=1, cutoff=0.5)
             hint = f'; did you mean "{close[0]}"?' if close else ""
-            raise _custom(
+            raise custom(
                 "country",
                 f"must be an ISO 3166 country code the holidays library knows, such as "
-                f'"CH" or "IT", got {_show(value)}{hint}',
+                f'"CH" or "IT", got {show(value)}{hint}',
             )
         return value
 
@@ -262,9 +262,9 @@ class Holidays(Model):
         known = _countries()[country]
         if value not in known:
             listed = ", ".join(known) if known else "none"
-            raise _custom(
+            raise custom(
                 "subdivision",
-                f"must be a subdivision of {country} ({listed}), got {_show(value)}",
+                f"must be a subdivision of {country} ({listed}), got {show(value)}",
             )
         return value
 
@@ -292,7 +292,7 @@ class CalendarConfig(Model):
         for spec, intervals in hours.items():
             for day in _expand(spec):
                 if day in seen:
-                    raise _custom(
+                    raise custom(
                         "hours",
                         f'{WEEKDAYS[day]} is set twice (in "{seen[day]}" and "{spec}")',
                     )
@@ -300,19 +300,19 @@ class CalendarConfig(Model):
             parsed = sorted((parse_hours(text), text) for text in intervals)
             for ((_, end), first), ((start, _), second) in itertools.pairwise(parsed):
                 if start < end:
-                    raise _custom(
+                    raise custom(
                         "hours", f'opening hours overlap in "{spec}": "{first}" and "{second}"'
                     )
         if not any(hours.values()):
-            raise _custom("hours", "must open on at least one day of the week")
+            raise custom("hours", "must open on at least one day of the week")
         return hours
 
     @field_validator("working_day")
     @classmethod
     def _working_day(cls, value: float | None) -> float | None:
         if value is not None and not 0 < value <= DAY:
-            raise _custom(
-                "working_day", f"must be longer than 0s and at most 24h, got {_show(value)}"
+            raise custom(
+                "working_day", f"must be longer than 0s and at most 24h, got {show(value)}"
             )
         return value
 
@@ -355,7 +355,7 @@ class Target(Model):
     def _days_need_business(cls, clock: str, info: ValidationInfo) -> str:
         within = info.data.get("within")
         if clock == "calendar" and isinstance(within, Span) and within.working_days:
-            raise _custom(
+            raise custom(
                 "clock",
                 f'working days ({within}) need clock "business"; for calendar time write a '
                 'duration such as "5d"',
@@ -375,7 +375,7 @@ class Targets(Model):
     @model_validator(mode="after")
     def _some(self) -> Targets:
         if all(getattr(self, name) is None for name in TARGETS):
-            raise _custom("targets", f"must set at least one of {', '.join(TARGETS)}")
+            raise custom("targets", f"must set at least one of {', '.join(TARGETS)}")
         return self
 
     def items(self) -> list[tuple[str, Target]]:
@@ -404,7 +404,7 @@ def _known_calendar(value: str, info: ValidationInfo) -> str:
     if names is not None and value not in names:
         close = difflib.get_close_matches(value, names, n=1)
         hint = f'did you mean "{close[0]}"?' if close else f"calendars: {', '.join(names)}"
-        raise _custom("calendar", f'unknown calendar "{value}"; {hint}')
+        raise custom("calendar", f'unknown calendar "{value}"; {hint}')
     return value
 
 
@@ -433,7 +433,7 @@ class Policy(Model):
             else:
                 seconds = target.within.seconds
             if self.warn_before >= seconds:
-                raise _custom(
+                raise custom(
                     "warn_before",
                     "must be shorter than every target (warn_before "
                     f"{format_duration(self.warn_before)}, {name} {target.within})",
