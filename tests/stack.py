@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,28 +22,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-from sla_exporter.demo import local_alertmanager_config
+from sla_demo import local_alertmanager_config
+from tests.helpers import free_port, tool, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.2)
 
 
 def http_get(url: str, timeout: float = 5.0) -> str | None:
@@ -61,15 +41,6 @@ def http_post(url: str, accept: str = "application/json") -> str:
     request = urllib.request.Request(url, method="POST", headers={"Accept": accept})
     with urllib.request.urlopen(request, timeout=5) as resp:
         return str(resp.read().decode())
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise AssertionError(
-            f"{name} is not on PATH: install Debian's prometheus and prometheus-alertmanager"
-        )
-    return path
 
 
 def screenshot(url: str, shot: Path, width: int, height: int, profile: Path) -> None:
@@ -283,7 +254,7 @@ def running_stack(workdir: Path, extra_config: str = "", interval: str = "1s") -
             "demo",
             [
                 *python,
-                "sla_exporter.demo",
+                "sla_demo",
                 "--http-port",
                 str(http_port),
                 "--smtp-port",

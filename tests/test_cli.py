@@ -19,7 +19,7 @@ import bcrypt
 import pytest
 import trustme
 
-from tests.stack import free_port
+from tests.helpers import free_port
 
 CONFIG = """
 sla: {name: CLI test}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +10,7 @@ from sla_exporter.collector import ServiceCollector
 from sla_exporter.config import parse
 from sla_exporter.ledger import Ledger, ms, slot
 from sla_exporter.store import Store
+from tests.helpers import ts
 
 CONFIG = """
 sla: {name: Mailpro, timezone: Europe/Zurich}
@@ -19,10 +18,6 @@ services:
   api: {interval: 1m, http: {url: "http://127.0.0.1:9/"}}
   website: {interval: 5m, http: {url: "http://127.0.0.1:9/"}}
 """
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
 
 
 def render(now: float, ledger: Ledger) -> dict[tuple[str, str, str, str], float]:

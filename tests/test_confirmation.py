@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, running_stack, wait_for
+from tests.helpers import wait_for
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
 

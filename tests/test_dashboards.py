@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from sla_exporter.ledger import Ledger, month_bounds, month_key
-from tests.stack import ROOT, Stack, running_stack, wait_for
+from tests.helpers import wait_for
+from tests.stack import ROOT, Stack, running_stack
 
 DASHBOARDS_DIR = ROOT / "grafana" / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARDS_DIR.glob("*.json"))

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.stack import Stack, running_stack, wait_for
+from tests.helpers import wait_for
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import bcrypt
@@ -30,19 +30,10 @@ from sla_exporter.exporter import Exporter
 from sla_exporter.web import LINKS_KEY, make_app
 from sla_exporter.webconfig import WebConfig
 from tests.conftest import server_context
+from tests.helpers import eventually
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 SECRET = "TOPSECRET-7f3a"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until `check()` is true, polling, for at most `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 class Target:

@@ -53,8 +53,9 @@ import pytest
 import trustme
 
 from tests.conftest import server_context
+from tests.helpers import free_port
 from tests.smtp_servers import PASSWORD, USER, Script, scripted_server
-from tests.stack import ROOT, free_port
+from tests.stack import ROOT
 from tests.test_cli import TLS_WEB, Process, get, issue, run_check, trusting
 
 # --------------------------------------------------------------------------------------------

@@ -29,14 +29,11 @@ from sla_exporter.ledger import (
     phase,
     slot,
 )
+from tests.helpers import ts
 
 ZURICH = ZoneInfo("Europe/Zurich")
 MIN = 60_000  # ms
 DAY = 86_400_000
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
 
 
 def grid_at_or_after(name: str, interval: float, at: float) -> float:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from sla_exporter.pool import QUORUM, Timeline, pool
-from tests.stack import ROOT, free_port
+from tests.helpers import eventually, free_port
+from tests.stack import ROOT
 
 
 def test_the_pool_uses_the_live_rules_quorum() -> None:
@@ -184,14 +185,6 @@ class Location:
         return {t for a, b, up in months[max(months)] if not up for t in range(a, b)}
 
 
-async def eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture
 async def locations(tmp_path: Path) -> AsyncIterator[tuple[dict[str, Location], dict[str, Target]]]:
     import bcrypt
@@ -232,7 +225,7 @@ async def test_the_pooled_month_is_down_only_where_more_than_half_the_locations_
         except OSError:
             return False
 
-    await eventually(ready, "both locations pooling")
+    await eventually(ready, "both locations pooling", timeout=20)
     # zrh fails for 4 s, fra for 4 s from 2 s into that: about 2 s of both.
     targets["zrh"].up = False
     await asyncio.sleep(2)
@@ -250,7 +243,9 @@ async def test_the_pooled_month_is_down_only_where_more_than_half_the_locations_
         figures = [await site.pooled() for site in (zrh, fra)]
         return all(f["down"] * 1000 == len(both) for f in figures)
 
-    await eventually(settled, "the overlap and nothing else pooled as down in both locations")
+    await eventually(
+        settled, "the overlap and nothing else pooled as down in both locations", timeout=20
+    )
     for site in (zrh, fra):
         assert (await site.pooled())["unknown"] == 0
 

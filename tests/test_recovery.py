@@ -12,7 +12,8 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Process, free_port, http_get, launch, scraping_prometheus, wait_for
+from tests.helpers import free_port, wait_for
+from tests.stack import Process, http_get, launch, scraping_prometheus
 
 pytestmark = pytest.mark.slow
 

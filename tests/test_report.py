@@ -16,7 +16,8 @@ import pytest
 
 from sla_exporter.ledger import Ledger, month_bounds, month_key
 from sla_exporter.report import availability
-from tests.stack import free_port, http_get, scraping_prometheus, screenshot, wait_for
+from tests.helpers import free_port, wait_for
+from tests.stack import http_get, scraping_prometheus, screenshot
 from tests.stack import launch as start_and_wait
 
 pytestmark = pytest.mark.slow

@@ -7,20 +7,17 @@ without having checked a single alert.
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.message
 import email.policy
 import json
 import re
-import shutil
-import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -30,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import free_port, tool, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
@@ -59,18 +58,6 @@ RUNBOOK_PREFIX = "https://github.com/sla-bundle/sla-bundle/blob/main/docs/runboo
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def tool(name: str) -> str:
-    """The path of a command-line tool, or a failed test that says how to get it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} is not on PATH. Install Debian's `prometheus` (promtool) and "
-            "`prometheus-alertmanager` (amtool, prometheus-alertmanager) packages; these tests "
-            "must not be skipped."
-        )
-    return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -527,25 +514,6 @@ def test_the_month_figures_of_every_unit_test_agree_with_each_other_and_the_mont
 # point at loopback servers of this test, the SMTP password file at a temporary file) and the
 # group timers shortened so that a notification leaves in a second instead of 30.
 # ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll until condition() is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            result = condition()
-            if result:
-                return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

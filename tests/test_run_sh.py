@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, free_port, http_get, wait_for
+from tests.helpers import free_port, wait_for
+from tests.stack import ROOT, http_get
 
 pytestmark = pytest.mark.slow
 
