@@ -1,20 +1,25 @@
 """Grafana dashboards: generated, linted, and every query run against a real Prometheus.
 
 Grafana itself cannot run here, so the dashboards are checked where they can go wrong without it:
-the JSON is what grafana/generate.py writes (regenerate and diff); every panel has a unit, a
-description and the provisioned datasource; rates use `$__rate_interval`; no location or instance
-is hard-coded; every metric named exists; and every query, with its template variables
-substituted, runs against real Prometheus scraping the real exporter probing the demo services,
-and returns series carrying the labels its legend or table shows.
+the JSON is what grafana/generator writes (regenerate and diff); every field in it is one of
+Grafana's schema; every panel has a unit, a description and the provisioned datasource; rates use
+`$__rate_interval`; no location or instance is hard-coded; every metric named exists; and every
+query, with its template variables substituted, runs against real Prometheus scraping the real
+exporter probing the demo services, and returns series carrying the labels its legend or table
+shows.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import functools
+import importlib.metadata
 import json
 import re
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +29,12 @@ from typing import Any
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from grafana.generator.panels import Query as PanelQuery
+from grafana.generator.panels import stat_panel
 from sla_exporter.ledger import Ledger, month_bounds, month_key
 from tests.helpers import wait_for
 from tests.stack import ROOT, Stack, running_stack
@@ -228,14 +238,20 @@ def test_the_lint_helpers_catch_what_they_are_for() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "grafana" / "generate.py"), "--check"],
+def generate(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the generator as the docs say: `python -m grafana.generator` from the repository."""
+    return subprocess.run(
+        [sys.executable, "-m", "grafana.generator", *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
+    result = generate("--check")
     assert result.returncode == 0, result.stderr
     assert {path.name for path in DASHBOARD_FILES} == {
         "sla-overview.json",
@@ -243,16 +259,6 @@ def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
         "sla-exporter.json",
         "sla-support.json",
     }
-
-
-def generate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "grafana" / "generate.py"), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def test_an_sla_file_without_timezone_gets_the_exporters_defaults(tmp_path: Path) -> None:
@@ -277,6 +283,31 @@ def test_a_bad_sla_section_is_reported_with_its_line_not_a_traceback(tmp_path: P
     assert result.returncode == 1
     assert "sla.yml:3  sla.timezone: must be an IANA time zone" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_third_party_module_the_generator_imports_is_in_the_dashboards_extra() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    declared = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0] for r in extras["dashboards"]}
+    provided = importlib.metadata.packages_distributions()
+    imported = set()
+    for source in (ROOT / "grafana" / "generator").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+    # The generator itself, and the exporter whose SLA file loader it uses.
+    third_party = imported - set(sys.stdlib_module_names) - {"grafana", "sla_exporter"}
+    assert "grafana_foundation_sdk" in third_party
+    normal = {name.lower().replace("_", "-") for name in declared}
+    missing = {
+        module
+        for module in third_party
+        if not {name.lower().replace("_", "-") for name in provided.get(module, [module])} & normal
+    }
+    assert not missing, f"imported but not in the dashboards extra: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("uid", sorted(DASHBOARDS))
@@ -310,6 +341,74 @@ def test_dashboard_time_zone_is_the_sla_time_zone(uid: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Structure
 # ------------------------------------------------------------------------------------------------
+
+# Fields Grafana's dashboard schema leaves to the datasource: how Prometheus' annotation support
+# (grafana/grafana, packages/grafana-prometheus/src/annotations.ts) turns series into events.
+PROMETHEUS_ANNOTATION_FIELDS = {"step", "titleFormat", "textFormat", "tagKeys", "useValueForTime"}
+
+
+def schema_differences(dashboard: dict[str, Any]) -> list[str]:
+    """Where `dashboard` differs from itself read into Grafana's schema and written back.
+
+    The models are grafana-foundation-sdk's, generated from the schemas Grafana publishes for
+    dashboards and each panel kind (a panel's options and field config by its kind's): a field
+    the schema does not know, or one in the wrong place, is lost on the way.
+    """
+    register_default_plugins()
+    again = json.loads(json.dumps(Dashboard.from_json(dashboard), cls=JSONEncoder))
+    return list(differences(dashboard, again, dashboard.get("uid", "")))
+
+
+def differences(before: Any, after: Any, path: str) -> Iterator[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(before.keys() | after.keys()):
+            if key not in after:
+                yield f"{path}.{key}: not in the schema"
+            elif key not in before:
+                yield f"{path}.{key}: added by the schema"
+            else:
+                yield from differences(before[key], after[key], f"{path}.{key}")
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for index, (one, other) in enumerate(zip(before, after, strict=True)):
+            yield from differences(one, other, f"{path}[{index}]")
+    elif before != after:
+        yield f"{path}: {before!r} read back as {after!r}"
+
+
+def test_the_schema_check_catches_a_field_grafana_does_not_know() -> None:
+    """Guards against a schema check that passes vacuously: a misspelt option, and a unit set on
+    the panel instead of its field config, are both reported."""
+    dashboard = copy.deepcopy(DASHBOARDS["sla-exporter"])
+    assert not schema_differences(dashboard)
+    dashboard["panels"][0]["options"]["colourMode"] = "background"
+    dashboard["panels"][1]["unit"] = "s"
+    assert schema_differences(dashboard) == [
+        "sla-exporter.panels[0].options.colourMode: not in the schema",
+        "sla-exporter.panels[1].unit: not in the schema",
+    ]
+
+
+@pytest.mark.parametrize("uid", sorted(DASHBOARDS))
+def test_every_field_of_every_dashboard_is_in_grafanas_schema(uid: str) -> None:
+    dashboard = DASHBOARDS[uid]
+    allowed = {
+        f"{uid}.annotations.list[{index}].{field}: not in the schema"
+        for index, annotation in enumerate(dashboard["annotations"]["list"])
+        if annotation["datasource"]["type"] == "prometheus"
+        for field in PROMETHEUS_ANNOTATION_FIELDS
+    }
+    unknown = [
+        difference for difference in schema_differences(dashboard) if difference not in allowed
+    ]
+    assert not unknown, "\n".join(unknown)
+
+
+def test_a_panel_without_a_description_or_a_unit_cannot_be_built() -> None:
+    up = PanelQuery("up")
+    assert stat_panel("Up", "Whether Prometheus scrapes it.", "none", up).build().description
+    for description, unit in [("", "none"), (" ", "none"), ("Whether Prometheus scrapes it.", "")]:
+        with pytest.raises(ValueError, match="every panel needs a description and a unit"):
+            stat_panel("Up", description, unit, up)
 
 
 @pytest.mark.parametrize("uid", sorted(DASHBOARDS))

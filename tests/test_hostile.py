@@ -15,7 +15,7 @@ others need a scripted peer and live beside the probe or module they attack):
   ticket endpoint 7 JSON nested 100,000 levels: here; 8 a full disk hidden behind "cannot
                    rollback": test_tickets.py
   files on disk  9 a header value with a line break: here and tests/configs/bad;
-                 10 generate.py on an SLA file without timezone: test_dashboards.py;
+                 10 the dashboards' generator on an SLA file without timezone: test_dashboards.py;
                  11 undeclared direct imports: here
   secrets        3 secret headers following a redirect elsewhere: test_probe_http.py
                    (test_no_credential_header_follows_...); 4 an SMTP server echoing AUTH: here

@@ -1,0 +1,1 @@
+"""Grafana for the SLA bundle: provisioning, the dashboards' JSON, and the generator writing it."""

@@ -1,0 +1,323 @@
+"""SLA service detail (sla-service): one service's probes now, over time, and this month."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+
+from grafana.generator.base import Settings, sla_dashboard
+from grafana.generator.panels import (
+    BLUE,
+    GREEN,
+    ORANGE,
+    RED,
+    Query,
+    dashed,
+    mapping,
+    stat_panel,
+    state_timeline_panel,
+    steps,
+    timeseries_panel,
+    up_down,
+)
+from grafana.generator.shared import (
+    BY_LOCATION,
+    CURRENT_MONTH,
+    LOC,
+    SVC,
+    against_objective,
+    budget_left_time,
+    location_variable,
+    objective,
+    service_variable,
+    this_month,
+)
+from grafana.generator.templating import annotation, custom_variable
+
+UID = "sla-service"
+
+
+def build(settings: Settings) -> dashboard.Dashboard:
+    """The service detail: one service now, over time and this month."""
+    board = sla_dashboard(
+        settings,
+        UID,
+        "SLA service detail",
+        "One service of the SLA: probe results and latency by phase over time, failures by "
+        "reason, maintenance windows and alerts (annotations), TLS expiry, and this month.",
+        time_from="now-6h",
+    )
+    board.with_variable(service_variable(multi=False))
+    board.with_variable(location_variable(f"sla_probe_success{{{SVC}}}"))
+    board.with_variable(
+        custom_variable(
+            "window",
+            "Window",
+            ["15m", "1h", "6h", "1d"],
+            "1h",
+            "Sliding window of the phase percentiles: long enough to hold many "
+            "probes (60 at a 1-minute interval in 1h).",
+        )
+    )
+    board.annotation(
+        annotation(
+            "Maintenance",
+            f"max by (sla_service) (sla_maintenance{{{SVC}}}) == 1",
+            "Maintenance: {{sla_service}}",
+            "declared maintenance window",
+            "sla_service",
+            "blue",
+        )
+    )
+    board.annotation(
+        annotation(
+            "Alerts",
+            f'ALERTS{{alertstate="firing", {SVC}}}',
+            "{{alertname}}",
+            "{{severity}} {{location}}",
+            "alertname,severity",
+            "red",
+        )
+    )
+    board.with_row(dashboard.Row("Now"))
+    now(board)
+    board.with_row(dashboard.Row("Over time"))
+    over_time(board)
+    board.with_row(dashboard.Row("This month"))
+    month(board, settings)
+    return board
+
+
+def now(board: dashboard.Dashboard) -> None:
+    """The last probe's result, per location."""
+    board.with_panel(
+        stat_panel(
+            "Last probe",
+            "Result of the last probe, per location (sla_probe_success).",
+            "none",
+            per_location("sla_probe_success"),
+        ).mappings(up_down())
+    )
+    board.with_panel(
+        stat_panel(
+            "Consecutive failures",
+            "Failed probes in a row up to the last one, per location; 0 after a success. Three "
+            "in a quorum of locations page (SLAServiceDown). sla_probe_consecutive_failures.",
+            "short",
+            Query(
+                f"max by (location) (sla_probe_consecutive_failures{BY_LOCATION})",
+                "{{location}}",
+                instant=True,
+            ),
+        ).thresholds(steps(GREEN, (1, ORANGE), (3, RED)))
+    )
+    board.with_panel(
+        stat_panel(
+            "Failing since",
+            "When the current run of failed probes began, per location "
+            "(sla_probe_failing_since_timestamp_seconds); empty while the last probe succeeded.",
+            "dateTimeFromNow",
+            Query(
+                "max by (location) "
+                f"(sla_probe_failing_since_timestamp_seconds{BY_LOCATION}) * 1000",
+                "{{location}}",
+                instant=True,
+            ),
+        )
+        .thresholds(steps(RED))
+        .no_value("not failing")
+    )
+    board.with_panel(
+        stat_panel(
+            "Status code",
+            "Last HTTP status or SMTP reply code received, per location (sla_probe_status_code).",
+            "none",
+            per_location("sla_probe_status_code"),
+        ).thresholds(steps(BLUE))
+    )
+    board.with_panel(
+        stat_panel(
+            "TLS certificate expires in",
+            "Time until the server's certificate expires, per location "
+            "(sla_probe_tls_cert_expiry_timestamp_seconds). Orange under 14 days (ticket), red "
+            "under 3 days (page): SLATLSCertificateExpiring. Empty for services without TLS.",
+            "dtdurations",
+            Query(
+                "min by (location) "
+                f"(sla_probe_tls_cert_expiry_timestamp_seconds{BY_LOCATION}) - time()",
+                "{{location}}",
+                instant=True,
+            ),
+        )
+        .thresholds(steps(RED, (3 * 86400, ORANGE), (14 * 86400, GREEN)))
+        .no_value("no TLS")
+    )
+    board.with_panel(
+        stat_panel(
+            "Maintenance",
+            "Whether a declared maintenance window covers the service now (sla_maintenance); "
+            "probes in a window do not count against the SLA.",
+            "none",
+            per_location("sla_maintenance"),
+        ).mappings(mapping({"1": ("IN MAINTENANCE", BLUE), "0": ("no", GREEN)}))
+    )
+
+
+def over_time(board: dashboard.Dashboard) -> None:
+    """Results, maintenance, availability, durations and failures over the time range."""
+    board.with_panel(
+        state_timeline_panel(
+            "Probe results",
+            "Each probe's result over time, per location (sla_probe_success): green up, red down.",
+            Query(f"max by (location) (sla_probe_success{BY_LOCATION})", "{{location}}"),
+            mappings=up_down(),
+        )
+    )
+    board.with_panel(
+        state_timeline_panel(
+            "Maintenance windows",
+            "Declared maintenance windows over time, per location (sla_maintenance). Also shown "
+            "as annotations on every graph.",
+            Query(f"max by (location) (sla_maintenance{BY_LOCATION})", "{{location}}"),
+            mappings=mapping({"1": ("maintenance", BLUE), "0": ("none", "transparent")}),
+        )
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Availability, rolling",
+            "Share of probes that succeeded over the last 5 minutes and the last hour, per "
+            "location, maintenance left out (sla_service_location:probe_availability:ratio_rate5m "
+            "and ratio_rate1h). The dashed line is the objective.",
+            "percentunit",
+            Query(
+                f"sla_service_location:probe_availability:ratio_rate5m{BY_LOCATION}",
+                "{{location}} 5m",
+            ),
+            Query(
+                f"sla_service_location:probe_availability:ratio_rate1h{BY_LOCATION}",
+                "{{location}} 1h",
+            ),
+            objective(instant=False),
+        )
+        .max(1)
+        .overrides([dashed("objective")])
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Probe duration",
+            "How long each probe took, start to end, per location (sla_probe_duration_seconds), "
+            "against the configured timeout (sla_probe_timeout_seconds, dashed).",
+            "s",
+            Query(f"max by (location) (sla_probe_duration_seconds{BY_LOCATION})", "{{location}}"),
+            Query(f"max(sla_probe_timeout_seconds{BY_LOCATION})", "timeout"),
+        )
+        .min(0)
+        .overrides([dashed("timeout")])
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Latency by phase",
+            "Time the last probe spent in each phase, stacked (sla_probe_phase_duration_seconds): "
+            "HTTP dns, connect, tls, first_byte, transfer; SMTP dns, connect, banner, ehlo, "
+            "starttls, tls, auth, send, quit. A failed probe shows the phase it failed in.",
+            "s",
+            Query(
+                f"max by (location, phase) (sla_probe_phase_duration_seconds{BY_LOCATION})",
+                "{{phase}} ({{location}})",
+            ),
+            stacked=True,
+        ).min(0)
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Failures by reason",
+            "Failed probes per minute by reason (sla_probe_failure_reasons_total), per location: "
+            "timeout, dns, connect, tls, protocol, http_status, body_mismatch, ... "
+            "(docs/METRICS.md). Empty while nothing failed.",
+            "cpm",
+            Query(
+                f"sum by (location, reason) "
+                f"(rate(sla_probe_failure_reasons_total{BY_LOCATION}[$__rate_interval])) * 60",
+                "{{reason}} ({{location}})",
+            ),
+            bars=True,
+        ).min(0)
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Phase latency p50",
+            "Median time per phase over the sliding window chosen in 'Window' "
+            "(quantile_over_time of sla_probe_phase_duration_seconds): the typical probe.",
+            "s",
+            phase_quantile(0.5),
+        ).min(0)
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Phase latency p95",
+            "95th percentile of the time per phase over the sliding window chosen in 'Window' "
+            "(quantile_over_time of sla_probe_phase_duration_seconds): the slow probes.",
+            "s",
+            phase_quantile(0.95),
+        ).min(0)
+    )
+
+
+def per_location(metric: str) -> Query:
+    """The last value of `metric` for the selected service, per location."""
+    return Query(f"max by (location) ({metric}{BY_LOCATION})", "{{location}}", instant=True)
+
+
+def phase_quantile(quantile: float) -> Query:
+    """A quantile of each phase's time over the window the `window` variable picks."""
+    return Query(
+        f"max by (location, phase) "
+        f"(quantile_over_time({quantile}, sla_probe_phase_duration_seconds{BY_LOCATION}[$window]))",
+        "{{phase}} ({{location}})",
+    )
+
+
+def month(board: dashboard.Dashboard, settings: Settings) -> None:
+    """This month's availability, downtime, budget and maintenance, per location."""
+    board.with_panel(
+        against_objective(
+            settings,
+            "Availability this month",
+            "Month-to-date availability as the SLA counts it, per location; green at or above "
+            "the objective (sla_service_location_month:sla_availability:ratio).",
+            this_month("sla_service_location_month:sla_availability:ratio"),
+            width=6,
+        )
+    )
+    board.with_panel(
+        stat_panel(
+            "Downtime this month",
+            "Down time this month, plus the time no probe covered if the SLA counts it as down, "
+            "per location (sla_service_location_month:downtime:seconds).",
+            "s",
+            this_month("sla_service_location_month:downtime:seconds"),
+            width=6,
+        ).thresholds(steps(GREEN, (1, ORANGE)))
+    )
+    board.with_panel(
+        budget_left_time(
+            "Downtime still allowed this month, per location; negative once overspent "
+            "(sla_service_location_month:error_budget_remaining:seconds).",
+            width=6,
+        )
+    )
+    board.with_panel(
+        stat_panel(
+            "Maintenance this month",
+            "Declared maintenance this month, per location "
+            '(sla_month_seconds{state="maintenance"}): time that counts neither up nor down, '
+            "whether or not the exporter ran.",
+            "s",
+            Query(
+                "max by (location, month) "
+                f'(sla_month_seconds{{state="maintenance", {SVC}, {LOC}}}) {CURRENT_MONTH}',
+                "{{location}}",
+                instant=True,
+            ),
+            width=6,
+        ).thresholds(steps(BLUE))
+    )
