@@ -448,6 +448,25 @@ def test_the_provisioned_datasource_has_the_fixed_uid() -> None:
     assert datasource["jsonData"]["timeInterval"] == prometheus["global"]["scrape_interval"]
 
 
+def test_thresholds_from_a_query_come_from_the_objective_query() -> None:
+    """Config from query results takes its query out of the panel: it must be the objective's,
+    not one of the figures the panel shows."""
+    checked = []
+    for uid, dashboard in DASHBOARDS.items():
+        for panel in content_panels(dashboard):
+            legends = {target["refId"]: target["legendFormat"] for target in panel["targets"]}
+            for transformation in panel.get("transformations", []):
+                if transformation["id"] == "configFromData":
+                    ref = transformation["options"]["configRefId"]
+                    assert legends.get(ref) == "objective", f"{panel['title']}: {ref} of {legends}"
+                    checked.append(f"{uid} / {panel['title']}")
+    assert sorted(checked) == [
+        "sla-overview / Availability this month",
+        "sla-overview / Projected at month end",
+        "sla-service / Availability this month",
+    ]
+
+
 @pytest.mark.parametrize("uid", sorted(DASHBOARDS))
 def test_rates_over_counters_use_the_rate_interval(uid: str) -> None:
     for query in queries(uid):

@@ -130,19 +130,19 @@ def link(title: str, url: str) -> dashboards.DashboardLink:
 
 
 def objective_from_query(
-    objective: float,
+    objective: float, ref: str
 ) -> tuple[dashboards.ThresholdsConfig, model.DataTransformerConfig]:
     """Thresholds that turn green at the service's objective, read from Prometheus.
 
     Grafana thresholds are constants; the transformation "Config from query results" replaces
-    threshold 1 with the value of the query whose legend is "objective" (the query itself is not
-    drawn). The constant here, the SLA file's default objective, applies only if that query
-    returns nothing. https://grafana.com/docs/grafana/latest/panels-visualizations/query-transform-data/transform-data/#config-from-query-results
+    threshold 1 with the value of the panel's query `ref`, whose legend is "objective" (that
+    query is not drawn). The constant here, the SLA file's default objective, applies only if
+    that query returns nothing. https://grafana.com/docs/grafana/latest/panels-visualizations/query-transform-data/transform-data/#config-from-query-results
     """
     return steps(RED, (objective, GREEN)), model.DataTransformerConfig(
         id_val="configFromData",
         options={
-            "configRefId": "B",
+            "configRefId": ref,
             "mappings": [
                 {
                     "fieldName": "objective",

@@ -5,7 +5,15 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard, stat
 
 from grafana.generator.base import Settings
-from grafana.generator.panels import GREEN, RED, Query, objective_from_query, stat_panel, steps
+from grafana.generator.panels import (
+    GREEN,
+    RED,
+    REFS,
+    Query,
+    objective_from_query,
+    stat_panel,
+    steps,
+)
 from grafana.generator.templating import query_variable
 
 # PromQL fragments. `=~` with the variables: Grafana expands a multi-value or "All" selection into
@@ -55,7 +63,8 @@ def against_objective(
 ) -> stat.Panel:
     """An availability stat, green at or above the service's objective and red below: the
     objective comes from Prometheus through a last query (see objective_from_query)."""
-    thresholds, from_objective = objective_from_query(settings.objective)
+    # The objective is the query after the others: its ref is the next letter.
+    thresholds, from_objective = objective_from_query(settings.objective, REFS[len(queries)])
     return (
         stat_panel(title, description, "percentunit", *queries, objective(), width=width)
         .thresholds(thresholds)
