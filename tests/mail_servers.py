@@ -21,6 +21,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
-
-from stack import free_port
+from helpers import free_port
 
 DOMAIN = "mail.test"
 SENDER = f"probe@{DOMAIN}"  # logs in to submit (SMTP AUTH)
@@ -197,8 +197,6 @@ def mail_system(root: Path, ca: trustme.CA) -> Iterator[MailSystem]:
 
 
 def _wait_listening(system: MailSystem, ports: list[int], timeout: float = 30.0) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending:

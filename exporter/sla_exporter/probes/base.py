@@ -38,6 +38,16 @@ class Reason(enum.StrEnum):
     AUTH = "auth"  # login refused (SMTP AUTH, HTTP 401/403 on an authenticated API)
     GATEWAY_ERROR = "gateway_error"  # the SMS gateway reported an error in its payload
     RATE_LIMITED = "rate_limited"  # HTTP 429: the probe was throttled, the service is not healthy
+    # Mail delivery (mail_delivery): the message was accepted but not seen in the mailbox in time;
+    # the mailbox could not be read (IMAP login refused, folder missing, an IMAP error reply).
+    NOT_DELIVERED = "not_delivered"
+    MAILBOX = "mailbox"
+    # Sender authentication (mail_domain, and mail_delivery's signature check): the record a
+    # receiver checks is missing, invalid or not as expected.
+    MX = "mx"
+    SPF = "spf"
+    DKIM = "dkim"
+    DMARC = "dmarc"
     INTERNAL = "internal"  # a bug in the exporter; logged with its traceback
     # The exporter itself could not run the probe (out of file descriptors or memory, say): the
     # service is not to blame, so the month accounting leaves the slot unknown, not down.
@@ -60,6 +70,13 @@ class ProbeResult:
     tls_expiry: float | None = None  # unix time of the earliest notAfter seen in the chain
     status_code: int | None = None  # last HTTP status or SMTP reply code
     timestamp: float = 0.0  # unix time at which the probe started
+    # What some kinds find besides success: each check's outcome (mail_domain: mx, spf, ...),
+    # the end-to-end time of a message delivered in time, probe messages found that arrived
+    # after their probe gave up, and whether every DNS answer was DNSSEC-validated (AD).
+    checks: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    delivery: float | None = None
+    late: int = 0
+    dnssec: bool | None = None
 
     def __post_init__(self) -> None:
         if self.success != (self.reason is None):
@@ -88,6 +105,13 @@ class Trace:
         self.status_code: int | None = None
         self.began: float | None = None  # when the first phase (dns or connect) began
         self.settled: float | None = None  # when the last answer arrived, if it has
+        self.checks: dict[str, bool] = {}
+        self.delivery: float | None = None
+        self.late = 0
+        self.dnssec: bool | None = None
+        # What running out of time in the current phase means, if more than "timeout" (a
+        # message not delivered while the probe waits for it); forgotten at the next phase.
+        self.deadline_means: ProbeFailed | None = None
 
     def enter(self, phase: str) -> None:
         """End the current phase (adding its time) and start `phase`."""
@@ -98,6 +122,7 @@ class Trace:
         self.phase = phase
         self._phase_start = now
         self.settled = None
+        self.deadline_means = None
 
     def settle(self, at: float | None = None) -> None:
         """The last byte of the probe's last answer arrived (now, or `at`): its clock stops.
@@ -172,7 +197,10 @@ async def run_probe(
         timed_out = ProbeFailed(
             Reason.TIMEOUT, f"timed out after {timeout:g}s during {trace.phase}"
         )
-        failure = timed_out if deadline.expired() else (network_failure(exc, trace) or timed_out)
+        if deadline.expired():
+            failure = trace.deadline_means or timed_out
+        else:
+            failure = network_failure(exc, trace) or timed_out
     except ProbeFailed as exc:
         failure = exc
     except asyncio.CancelledError:
@@ -203,6 +231,10 @@ async def run_probe(
         tls_expiry=trace.tls_expiry,
         status_code=trace.status_code,
         timestamp=started_wall,
+        checks=MappingProxyType(dict(trace.checks)),
+        delivery=trace.delivery,
+        late=trace.late,
+        dnssec=trace.dnssec,
     )
 
 
