@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,6 +134,24 @@ class MailSystem:
         ).stdout
         return [line.strip() for line in out.splitlines()[1:]]
 
+    def empty(self, user: str = INBOX) -> None:
+        """Remove every message from the user's INBOX."""
+        subprocess.run(
+            [
+                DOVEADM,
+                "-c",
+                str(self.dovecot_conf),
+                "expunge",
+                "-u",
+                user,
+                "mailbox",
+                "INBOX",
+                "all",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
     def deliver(self, message: bytes, user: str = INBOX) -> None:
         """Put a message in the user's INBOX directly (not through Postfix)."""
         subprocess.run(
@@ -152,12 +171,15 @@ class MailSystem:
 
 
 @contextmanager
-def mail_system(root: Path, ca: trustme.CA) -> Iterator[MailSystem]:
-    """Postfix and Dovecot in `root`, ready when this yields; stopped, with their children,
-    when it returns."""
+def mail_system(ca: trustme.CA) -> Iterator[MailSystem]:
+    """Postfix and Dovecot in a directory of their own, ready when this yields; stopped, with
+    their children, and the directory removed when it returns."""
     reason = missing()
     if reason is not None:
         raise AssertionError(reason)
+    # Not under pytest's tmp_path: its folders are private to root, and the daemons' users
+    # (postfix, dovecot, nobody) must walk through every folder above their files.
+    root = Path(tempfile.mkdtemp(prefix="sla-mail-"))
     system = MailSystem(
         root=root,
         submission=free_port(),
@@ -194,6 +216,7 @@ def mail_system(root: Path, ca: trustme.CA) -> Iterator[MailSystem]:
     finally:
         for name, process in system.processes.items():
             _stop(name, process, system.postfix_dir)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_listening(system: MailSystem, ports: list[int], timeout: float = 30.0) -> None:
@@ -273,6 +296,13 @@ mail_location = maildir:~/Maildir
 first_valid_uid = 1
 # New mail is announced to an IDLE client as it arrives (inotify), not every 30 s.
 mailbox_idle_check_interval = 1 secs
+# Dovecot slows every login from an address after a failed one (up to 15 s): the tests' refused
+# logins would slow the tests after them, all from 127.0.0.1. Its documented switch-off.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1

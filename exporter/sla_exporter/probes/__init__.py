@@ -12,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import http, mail_domain, sms_gateway, smtp
+from . import http, mail_delivery, mail_domain, sms_gateway, smtp
 from .base import Kind, ProbeFailed, ProbeResult, Reason, Trace, run_probe
 
 KINDS: Mapping[str, Kind[Any]] = {
-    kind.name: kind for kind in (http.KIND, smtp.KIND, sms_gateway.KIND, mail_domain.KIND)
+    kind.name: kind
+    for kind in (
+        http.KIND,
+        smtp.KIND,
+        sms_gateway.KIND,
+        mail_delivery.KIND,
+        mail_domain.KIND,
+    )
 }
 
 __all__ = ["KINDS", "Kind", "ProbeFailed", "ProbeResult", "Reason", "Trace", "run_probe"]
