@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sla_exporter.collector import ServiceCollector
 from sla_exporter.config import parse
 from sla_exporter.ledger import Ledger, ms, slot
+from sla_exporter.probes.base import ProbeResult, Reason
 from sla_exporter.store import Store
 from tests.helpers import ts
 
@@ -83,3 +86,51 @@ def test_the_month_is_counted_up_to_the_start_of_each_service_s_current_slot() -
             assert figures[("sla_month_seconds", service, "2026-11", state)] == 0
         # October, finished: all of its 745 hours up.
         assert figures[("sla_month_seconds", service, "2026-10", "up")] == 745 * 3600
+
+
+MAIL = """
+sla: {name: Mailpro}
+services:
+  delivery:
+    interval: 1m
+    mail_delivery:
+      submit: {host: smtp.test, from: probe@mail.test, auth: {username: probe, password: x}}
+      to: inbox@mail.test
+      mailbox: {host: imap.test, username: inbox, password: x}
+  domain: {interval: 1m, mail_domain: {domain: mail.test}}
+"""
+
+
+def test_deliveries_late_messages_and_checks_are_exposed_exactly() -> None:
+    config = parse(MAIL, "sla.yml")
+    store = Store()
+    store.configure(config)
+    for delivery in (0.2, 0.25, 0.7, 1.5, 400.0):  # 0.25 is in the 0.25 bucket (le: <=)
+        store.record("delivery", ProbeResult(True, delivery, delivery=delivery), False)
+    late = ProbeResult(False, 30.0, Reason.NOT_DELIVERED, late=2)
+    store.record("delivery", late, False)
+    checks = MappingProxyType({"mx": True, "spf": False, "dkim:s1": True})
+    store.record("domain", ProbeResult(False, 0.1, Reason.SPF, checks=checks, dnssec=False), False)
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(store, lambda: None, lambda: config, lambda: 0.0))
+    got = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            service = labels.pop("sla_service", "")
+            got[(sample.name, service, tuple(sorted(labels.items())))] = sample.value
+    bucket = "sla_probe_delivery_seconds_bucket"
+    assert got[(bucket, "delivery", (("le", "0.25"),))] == 2
+    assert got[(bucket, "delivery", (("le", "1.0"),))] == 3
+    assert got[(bucket, "delivery", (("le", "2.0"),))] == 4
+    assert got[(bucket, "delivery", (("le", "300.0"),))] == 4
+    assert got[(bucket, "delivery", (("le", "+Inf"),))] == 5
+    assert got[("sla_probe_delivery_seconds_count", "delivery", ())] == 5
+    assert got[("sla_probe_delivery_seconds_sum", "delivery", ())] == pytest.approx(402.65)
+    assert got[("sla_probe_late_deliveries_total", "delivery", ())] == 2
+    assert got[("sla_probe_check_success", "domain", (("check", "spf"),))] == 0
+    assert got[("sla_probe_check_success", "domain", (("check", "dkim:s1"),))] == 1
+    assert got[("sla_probe_dnssec_validated", "domain", ())] == 0
+    # Only the delivery kind has delivery series; only a kind with checks has check series.
+    assert not any(name.startswith("sla_probe_delivery") and s == "domain" for name, s, _ in got)
+    assert not any(name == "sla_probe_check_success" and s == "delivery" for name, s, _ in got)

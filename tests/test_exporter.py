@@ -30,6 +30,7 @@ from sla_exporter.exporter import Exporter
 from sla_exporter.web import LINKS_KEY, make_app
 from sla_exporter.webconfig import WebConfig
 from tests.conftest import server_context
+from tests.dns_servers import dns_server
 from tests.helpers import eventually
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
@@ -193,16 +194,42 @@ def catalogue(text: str) -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
+MAIL_ZONE = """
+mail.test. 60 IN MX 10 mx.mail.test.
+mx.mail.test. 60 IN A 127.0.0.25
+mail.test. 60 IN TXT "v=spf1 ip4:127.0.0.25 -all"
+_dmarc.mail.test. 60 IN TXT "v=DMARC1; p=reject"
+"""
+
+
 async def test_the_metric_catalogue_matches_the_golden_file(running) -> None:
     exporter, server, config, _ = running
-    # A maintenance window that covers now, so its series show too.
-    text = config.read_text() + (
-        "maintenance:\n  - services: [website]\n"
-        "    start: 2020-01-01T00:00:00Z\n    end: 2099-01-01T00:00:00Z\n"
-    )
-    config.write_text(text)
-    assert await exporter.reload() is None
-    await eventually(lambda: _probed(exporter))
+    with dns_server(MAIL_ZONE) as (_, nameserver):
+        # A maintenance window that covers now, so its series show too; and the mail kinds,
+        # whose series only they have (a delivery to nowhere, a domain with its checks).
+        text = config.read_text().replace(
+            "services:\n",
+            f"""services:
+  delivery:
+    interval: 1s
+    timeout: 800ms
+    mail_delivery:
+      submit: {{host: 127.0.0.1, port: 9, from: probe@mail.test,
+               auth: {{username: probe, password: x}}}}
+      to: inbox@mail.test
+      mailbox: {{host: 127.0.0.1, port: 9, username: inbox, password: x}}
+  domain:
+    interval: 1s
+    timeout: 800ms
+    mail_domain: {{domain: mail.test, nameservers: ["{nameserver}"]}}
+""",
+        ) + (
+            "maintenance:\n  - services: [website]\n"
+            "    start: 2020-01-01T00:00:00Z\n    end: 2099-01-01T00:00:00Z\n"
+        )
+        config.write_text(text)
+        assert await exporter.reload() is None
+        await eventually(lambda: _probed(exporter))
     _, body = await fetch(server, "/metrics")
     got = catalogue(body)
     if os.environ.get("UPDATE_GOLDEN") == "1":

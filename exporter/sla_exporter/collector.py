@@ -20,9 +20,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__, pausing
 from .config import Config
-from .exposition import COUNTER, GAUGE, Exposition, Family, escape
+from .exposition import COUNTER, GAUGE, HISTOGRAM, Exposition, Family, escape, number
 from .ledger import STATES, Figures, Ledger
-from .store import ServiceState, Store
+from .store import DELIVERY_BUCKETS, ServiceState, Store
 
 # Label for the service name: `service`, `instance`, `job` and `env` are taken by target labels.
 SERVICE = "sla_service"
@@ -162,6 +162,30 @@ FAMILIES = (
         GAUGE,
         "Unix time the first probe of the current run of failures started.",
     ),
+    CHECKS := per_service(
+        "sla_probe_check_success",
+        GAUGE,
+        "Whether each check of the last probe passed (1) or failed (0): mx, spf, dkim:<selector>, "
+        "dmarc (mail_domain), dkim_signature (mail_delivery).",
+        ("check", SERVICE),
+    ),
+    DNSSEC := per_service(
+        "sla_probe_dnssec_validated",
+        GAUGE,
+        "Whether the resolver marked every answer of the last probe DNSSEC-validated (AD).",
+    ),
+    DELIVERY := per_service(
+        "sla_probe_delivery_seconds",
+        HISTOGRAM,
+        "End-to-end time of probe messages delivered in time: from the start of the submission "
+        "to the first sight in the mailbox.",
+        ("le", SERVICE),
+    ),
+    LATE := per_service(
+        "sla_probe_late_deliveries",
+        COUNTER,
+        "Probe messages found in the mailbox after their probe had given up on them.",
+    ),
     MONTH_SECONDS := per_service(
         "sla_month_seconds",
         GAUGE,
@@ -279,6 +303,10 @@ class ServiceCollector(Collector):
         missed, confirmations, maintenance = w(MISSED), w(CONFIRMATIONS), w(MAINTENANCE)
         maintenance_end, consecutive = w(MAINTENANCE_END), w(CONSECUTIVE)
         failing_since = w(FAILING_SINCE)
+        checks, dnssec, late = w(CHECKS), w(DNSSEC), w(LATE)
+        buckets, delivery_sum = w(DELIVERY, "_bucket"), w(DELIVERY, "_sum")
+        delivery_count = w(DELIVERY, "_count")
+        bucket_labels = [f'le="{number(bound)}"' for bound in DELIVERY_BUCKETS] + ['le="+Inf"']
         windows = config.maintenance
         for batch in pausing.batched(list(self.store.services.values()), BATCH):
             for state in batch:
@@ -306,6 +334,15 @@ class ServiceCollector(Collector):
                     maintenance_end(label, max(ends).timestamp())
                 if months is not None:
                     months.add(state)
+                if service.kind == "mail_delivery":
+                    total = 0
+                    for le, count in zip(bucket_labels, state.delivery_buckets, strict=False):
+                        total += count
+                        buckets(f"{le},{label}", total)
+                    buckets(f"{bucket_labels[-1]},{label}", state.delivery_count)
+                    delivery_sum(label, state.delivery_sum)
+                    delivery_count(label, state.delivery_count)
+                    late(label, state.late_deliveries)
                 last = state.last
                 if last is None:
                     continue
@@ -318,6 +355,10 @@ class ServiceCollector(Collector):
                     tls_expiry(label, last.tls_expiry)
                 if last.status_code is not None:
                     status(label, last.status_code)
+                for check, passed in last.checks.items():
+                    checks(f'check="{escape(check)}",{label}', 1.0 if passed else 0.0)
+                if last.dnssec is not None:
+                    dnssec(label, 1.0 if last.dnssec else 0.0)
             out.flush()
             yield
         if months is not None:

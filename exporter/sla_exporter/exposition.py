@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-GAUGE, COUNTER = "gauge", "counter"
+GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,13 @@ class Family:
     def sample(self) -> str:
         """The name its samples carry: counters' end in `_total`."""
         return self.name + "_total" if self.type == COUNTER else self.name
+
+    @property
+    def samples(self) -> tuple[str, ...]:
+        """Every name its samples carry: a histogram's `_bucket`, `_sum` and `_count`."""
+        if self.type == HISTOGRAM:
+            return tuple(self.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        return (self.sample,)
 
 
 def escape(value: str) -> str:
@@ -69,9 +76,10 @@ class Exposition:
         self._pending: dict[Family, list[str]] = {f: [] for f in families}
         self._joined: dict[Family, list[str]] = {f: [] for f in families}
 
-    def writer(self, family: Family) -> Write:
-        """A function that writes one sample of `family`: `write('sla_service="x"', 1.0)`."""
-        append, sample = self._pending[family].append, family.sample
+    def writer(self, family: Family, suffix: str = "") -> Write:
+        """A function that writes one sample of `family`: `write('sla_service="x"', 1.0)`;
+        with `suffix`, one of a histogram's (`_bucket`, `_sum`, `_count`)."""
+        append, sample = self._pending[family].append, family.sample + suffix
 
         def write(labels: str, value: float) -> None:
             if labels:
@@ -94,7 +102,7 @@ class Exposition:
         out = []
         for family in self.families:
             parts = self._joined[family]
-            if wanted is None or family.sample in wanted:
+            if wanted is None or not wanted.isdisjoint(family.samples):
                 out.append(headers(family, openmetrics).encode())
                 out.extend(part.encode() for part in parts)
             parts.clear()

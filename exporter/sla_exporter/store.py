@@ -10,6 +10,10 @@ from .exposition import escape
 from .probes.base import ProbeResult
 
 RECENT_FAILURES = 10  # kept per service for the landing page
+# Upper bounds of `sla_probe_delivery_seconds`, in seconds: a message handed over is usually in
+# the mailbox within a second or two; the upper ones reach the longest timeouts a delivery probe
+# sets (under its interval).
+DELIVERY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 @dataclass
@@ -33,6 +37,12 @@ class ServiceState:
     # 0.75 KiB, and most services never fail).
     recent_failures: deque[ProbeResult] | tuple[()] = ()
     label: str = ""  # sla_service="name" as /metrics writes it, escaped once
+    # mail_delivery: the end-to-end times of messages delivered in time (per bucket of
+    # DELIVERY_BUCKETS, not cumulative), their sum, and messages that came after their probe.
+    delivery_buckets: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
+    delivery_sum: float = 0.0
+    delivery_count: int = 0
+    late_deliveries: int = 0
 
     def __post_init__(self) -> None:
         self.label = f'sla_service="{escape(self.name)}"'
@@ -74,6 +84,14 @@ class Store:
             return
         state.last = result
         state.confirmations += confirmation
+        state.late_deliveries += result.late
+        if result.delivery is not None:  # every delivery measured, a confirmation's too
+            state.delivery_count += 1
+            state.delivery_sum += result.delivery
+            for i, bound in enumerate(DELIVERY_BUCKETS):
+                if result.delivery <= bound:
+                    state.delivery_buckets[i] += 1
+                    break
         if not confirmation:
             state.probes += 1
             state.maintenance_probes += in_maintenance
