@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the bundle needs on a Debian machine: Prometheus, Alertmanager (with promtool and
 # amtool) from Debian, and the exporter with its demo and test extras in ./.venv; with
-# --with-bench also what bench/ needs (nginx, prometheus-blackbox-exporter).
+# --with-bench also what bench/ and the tests need (nginx, prometheus-blackbox-exporter, chromium,
+# postfix and dovecot for the delivery tests).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +22,27 @@ if [ "${1:-}" = --with-bench ]; then
   command -v prometheus-blackbox-exporter >/dev/null || missing+=(prometheus-blackbox-exporter)
   # The tests render the SLA statement in headless Chromium and keep the screenshots.
   command -v chromium >/dev/null || missing+=(chromium)
+  # The delivery probe's tests run a real Postfix (submission) delivering over LMTP to a real
+  # Dovecot (IMAP), each as the tests' own instance (tests/mail_servers.py).
+  [ -x /usr/sbin/postfix ] || missing+=(postfix)
+  [ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-imapd)
+  [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
+  # Postfix asks what kind of mail system to set up: none. The tests start their own instance;
+  # the machine gets no mail server of its own from this.
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
   # --no-install-recommends: Prometheus recommends a node exporter we do not need.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  # Debian starts Dovecot as a system service where services start (not in containers); the
+  # tests need only its programs, so a system IMAP server is not left listening.
+  if printf '%s\n' "${missing[@]}" | grep -q dovecot && command -v systemctl >/dev/null \
+    && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now dovecot >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
