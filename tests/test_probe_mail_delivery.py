@@ -85,6 +85,7 @@ async def test_a_message_submitted_arrives_and_is_deleted_after(
     assert 0 < result.delivery < 5
     assert result.tls_expiry is not None  # the certificates of both servers were seen
     assert result.late == 0
+    assert result.checks == {"delivered": True}
     assert system.messages() == []  # the mailbox does not fill up
 
 
@@ -105,6 +106,7 @@ async def test_a_message_held_in_the_deferred_queue_fails_then_counts_as_late_no
         assert held.reason is Reason.NOT_DELIVERED
         assert held.message == "message accepted but not in INBOX in time"
         assert held.delivery is None
+        assert held.checks == {"delivered": False}
         waited = 3.0 - held.phases["mailbox"] - held.phases["submit"]
         assert held.phases["delivery"] == pytest.approx(waited, abs=0.2)  # until the deadline
         assert system.queued() == 1
@@ -132,6 +134,7 @@ async def test_a_refused_recipient_fails_the_submission(system: MailSystem, ca_f
     assert result.message.startswith(f"submit refused: RCPT TO 550 5.1.1 <nobody@{DOMAIN}>")
     assert result.status_code == 550
     assert set(result.phases) == {"mailbox", "submit"}
+    assert result.checks == {}  # nothing was handed over, so nothing is "not delivered"
 
 
 async def test_a_refused_smtp_login_fails_with_auth_and_keeps_the_password_out(
@@ -204,6 +207,6 @@ async def test_a_message_without_the_expected_dkim_signature_fails_dkim(
     result = await run(config(system, ca_file, dkim={"domain": DOMAIN}))
     assert result.reason is Reason.DKIM
     assert result.message == "delivered message has no DKIM signature"
-    assert result.checks == {"dkim_signature": False}
+    assert result.checks == {"delivered": True, "dkim_signature": False}
     assert result.delivery is not None  # it was delivered, in time
     assert system.messages() == []

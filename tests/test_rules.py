@@ -748,6 +748,41 @@ INHIBITION_CASES = [
         suppressed=(1,),
     ),
     InhibitionCase(
+        "mail accepted but not delivered replaces the service-down page of that service only",
+        (
+            {"alertname": "SLAMailNotDelivered", "severity": "critical", "sla_service": "d1"},
+            {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "d1"},
+            {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "d2"},
+        ),
+        suppressed=(1,),
+    ),
+    InhibitionCase(
+        "a sending domain's service opens tickets and never pages",
+        (
+            {
+                "alertname": "SLASenderAuthenticationService",
+                "severity": "info",
+                "sla_service": "s1",
+            },
+            {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "s1"},
+            {
+                "alertname": "SLAErrorBudgetBurn",
+                "severity": "critical",
+                "sla_service": "s1",
+                "long_window": "1h",
+                "short_window": "5m",
+            },
+            {
+                "alertname": "SLASenderAuthenticationBroken",
+                "severity": "warning",
+                "sla_service": "s1",
+                "check": "spf",
+            },
+            {"alertname": "SLAServiceDown", "severity": "critical", "sla_service": "s2"},
+        ),
+        suppressed=(1, 2),
+    ),
+    InhibitionCase(
         "an exporter that cannot be scraped holds back the alerts of its own location only",
         (
             {

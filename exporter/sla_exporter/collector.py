@@ -166,7 +166,7 @@ FAMILIES = (
         "sla_probe_check_success",
         GAUGE,
         "Whether each check of the last probe passed (1) or failed (0): mx, spf, dkim:<selector>, "
-        "dmarc (mail_domain), dkim_signature (mail_delivery).",
+        "dmarc (mail_domain), delivered and dkim_signature (mail_delivery).",
         ("check", SERVICE),
     ),
     DNSSEC := per_service(

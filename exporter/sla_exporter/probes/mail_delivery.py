@@ -4,7 +4,10 @@ over IMAP within the service's timeout; then it is deleted.
 One run: log in to the mailbox (IMAPS or STARTTLS) and look for probe messages already there;
 submit a new one through the SMTP service (STARTTLS or implicit TLS, AUTH) with aiosmtplib;
 wait for it with IMAP IDLE (or by asking every half second where IDLE is not offered) until it
-is first seen; optionally verify its DKIM signature (dkimpy); delete it. Phases: `mailbox`,
+is first seen; optionally verify its DKIM signature (dkimpy); delete it. Checks (in
+`sla_probe_check_success`): `delivered` once a message was handed over, `dkim_signature`
+when asked for; the alerts tell "not delivered" apart from the submission failing by the first.
+Phases: `mailbox`,
 `submit`, `delivery` (until first seen), `dkim`. The end-to-end time, from the start of the
 submission to the first sight, is the delivery time (`sla_probe_delivery_seconds`).
 
@@ -337,6 +340,7 @@ async def probe(config: MailDeliveryProbe, trace: Trace) -> str:
         await _submit(config, run.token, trace)
 
         trace.enter("delivery")
+        trace.checks["delivered"] = False  # until it is seen: what a cut-off run reports
         trace.deadline_means = ProbeFailed(
             Reason.NOT_DELIVERED, f"message accepted but not in {config.mailbox.folder} in time"
         )
@@ -344,6 +348,7 @@ async def probe(config: MailDeliveryProbe, trace: Trace) -> str:
         first_seen = time.perf_counter()
         trace.settle(first_seen)
         seen = True
+        trace.checks["delivered"] = True
         trace.delivery = first_seen - started
         run.delete.append(uid)
         message = f"delivered in {trace.delivery:.3f}s"
