@@ -43,7 +43,14 @@ from typing import Annotated, Any, Literal
 import aioimaplib
 import aiosmtplib
 import dkim
-from pydantic import AfterValidator, Field, SecretStr, StrictBool, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
 
 from ..durations import format_duration
 from ..values import TLS, Duration, Model, Port, custom, reveal, show
@@ -104,15 +111,16 @@ class Submit(Model):
     from_: Address = Field(alias="from")
     ehlo_name: str | None = None
 
-    @model_validator(mode="after")
-    def _server_name(self) -> Submit:
-        if self.implicit_tls and self.tls.server_name is not None:
+    @field_validator("tls")
+    @classmethod
+    def _server_name(cls, tls: TLS, info: ValidationInfo) -> TLS:
+        if info.data.get("implicit_tls") and tls.server_name is not None:
             raise custom(
                 "server_name",
-                "is not supported with implicit_tls here; connect to that name as host",
-                field="tls",
+                "is not supported with implicit_tls; use that name as host",
+                field="server_name",
             )
-        return self
+        return tls
 
     @property
     def effective_port(self) -> int:
@@ -153,15 +161,14 @@ class MailDeliveryProbe(Model):
     cleanup_after: Duration = 3600.0
     dkim: DKIMSignature | None = None
 
-    @model_validator(mode="after")
-    def _cleanup(self) -> MailDeliveryProbe:
-        if self.cleanup_after < 60:
+    @field_validator("cleanup_after")
+    @classmethod
+    def _cleanup(cls, cleanup_after: float) -> float:
+        if cleanup_after < 60:
             raise custom(
-                "cleanup_after",
-                f"must be at least 1m, got {format_duration(self.cleanup_after)}",
-                field="cleanup_after",
+                "cleanup_after", f"must be at least 1m, got {format_duration(cleanup_after)}"
             )
-        return self
+        return cleanup_after
 
 
 # --------------------------------------------------------------------------------------------
