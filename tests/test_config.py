@@ -207,6 +207,7 @@ def example_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("SMS_GATEWAY_TOKEN", "sms-token-value")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "smtp_password").write_text("smtp-password-value\n")
+    (tmp_path / "secrets" / "mailbox_password").write_text("mailbox-password-value\n")
     (tmp_path / "secrets" / "support_token").write_text("support-token-value-0123\n")
     path = tmp_path / "sla.yml"
     shutil.copy(EXAMPLES / "sla.yml", path)
@@ -222,6 +223,8 @@ def test_the_annotated_example_loads_with_its_secrets(example_env: Path) -> None
         "app": "http",
         "api": "http",
         "smtp": "smtp",
+        "smtp-delivery": "mail_delivery",
+        "sender-domain": "mail_domain",
         "sms": "sms_gateway",
     }
     assert {name: s.interval for name, s in config.services.items()} == {
@@ -229,6 +232,8 @@ def test_the_annotated_example_loads_with_its_secrets(example_env: Path) -> None
         "app": 60,
         "api": 60,
         "smtp": 60,
+        "smtp-delivery": 60,
+        "sender-domain": 300,
         "sms": 60,
     }
     assert all(config.objective(name) == 0.99 for name in config.services)
@@ -309,7 +314,7 @@ def test_the_example_names_every_secret_it_needs_in_its_header() -> None:
     text = (EXAMPLES / "sla.yml").read_text()
     header = text.split("\nsla:", 1)[0]
     used = re.findall(r"^[^#\n]*!(?:env|file) (\S+)", text, re.MULTILINE)
-    assert len(used) == 5
+    assert len(used) == 7  # smtp_password twice: submission and the delivery probe
     for name in used:
         assert name in header
 
