@@ -10,7 +10,8 @@
 #
 # Ports, for a second stack beside a running one: EXPORTER_PORT (9141), PROMETHEUS_PORT (9090),
 # ALERTMANAGER_PORT (9093), RECEIVER_PORT (9095), and for the demo services DEMO_HTTP_PORT (9401)
-# and DEMO_SMTP_PORT (9402), which examples/demo.yml names; DEMO_RUN_DIR (run) the demo's folder.
+# DEMO_SMTP_PORT (9402), DEMO_IMAP_PORT (9403) and DEMO_DNS_PORT (9404), which examples/demo.yml
+# names; DEMO_RUN_DIR (run) the demo's folder.
 set -euo pipefail
 
 # The SLA file as the user typed it: relative to the folder they are in, not to this repository.
@@ -34,15 +35,19 @@ receiver_port=${RECEIVER_PORT:-9095}
 demo=
 demo_http_port=${DEMO_HTTP_PORT:-9401}
 demo_smtp_port=${DEMO_SMTP_PORT:-9402}
+demo_imap_port=${DEMO_IMAP_PORT:-9403}
+demo_dns_port=${DEMO_DNS_PORT:-9404}
 if [ -z "$config" ]; then
   demo=1
   config=examples/demo.yml
   RUN=${DEMO_RUN_DIR:-run}  # examples/demo.yml reads its CA and SMTP password from run/
-  if [ "$demo_http_port:$demo_smtp_port:$RUN" != 9401:9402:run ]; then
+  if [ "$demo_http_port:$demo_smtp_port:$demo_imap_port:$demo_dns_port:$RUN" \
+    != 9401:9402:9403:9404:run ]; then
     # The demo file with its ports and its folder moved (the tests run a demo beside yours).
     mkdir -p "$RUN"
     RUN=$(realpath "$RUN")
     sed -e "s/127.0.0.1:9401/127.0.0.1:$demo_http_port/" -e "s/port: 9402/port: $demo_smtp_port/" \
+      -e "s/port: 9403/port: $demo_imap_port/" -e "s/127.0.0.1:9404/127.0.0.1:$demo_dns_port/" \
       -e "s#\.\./run/#$RUN/#" examples/demo.yml >"$RUN/demo.yml"
     config=$RUN/demo.yml
   fi
@@ -138,8 +143,8 @@ if [ -n "$demo" ]; then
   printf 'demo-smtp-password\n' >"$RUN/smtp-password"
   chmod 600 "$RUN/smtp-password"
   start demo sla-exporter-demo --ca-file "$RUN/demo-ca.pem" --receiver-port "$receiver_port" \
-    --http-port "$demo_http_port" --smtp-port "$demo_smtp_port" --pages-file "$pages" \
-    --timezone "$zone"
+    --http-port "$demo_http_port" --smtp-port "$demo_smtp_port" --imap-port "$demo_imap_port" \
+    --dns-port "$demo_dns_port" --pages-file "$pages" --timezone "$zone"
   wait_for demo "http://127.0.0.1:$demo_http_port/-/demo"
 else
   start receiver sla-exporter-demo --receiver-only --receiver-port "$receiver_port" \

@@ -1,4 +1,5 @@
-"""Simulated SLA services on loopback (website, app, API, SMTP, SMS gateway) with outage toggles.
+"""Simulated SLA services on loopback (website, app, API, SMTP with a mailbox behind it read over
+IMAP, the sending domain's DNS, SMS gateway) with outage toggles.
 
 `sla-exporter-demo` serves them so a newcomer sees probes, rules and pages without a real target.
 Open http://127.0.0.1:9401/-/demo to take a service down and bring it back. Not for production.
@@ -10,6 +11,7 @@ import argparse
 import asyncio
 import html
 import logging
+import re
 import secrets
 import signal
 import ssl
@@ -25,10 +27,15 @@ from aiohttp import web
 
 log = logging.getLogger("sla_demo")
 
-SERVICES = ("website", "app", "api", "smtp", "sms")
+SERVICES = ("website", "app", "api", "smtp", "delivery", "sender", "sms")
 API_TOKEN = "demo-api-token"  # the demo config reads these from the environment, as you would
 SMS_TOKEN = "demo-sms-token"
 SMTP_USER, SMTP_PASSWORD = "probe@demo.invalid", "demo-smtp-password"
+# The mailbox the delivery probe reads: its address, and its IMAP login (the SMTP password, so
+# that the demo needs no other secret file).
+INBOX = "inbox@demo.invalid"
+DOMAIN = "demo.invalid"
+SENDING_HOST = "192.0.2.25"  # the outgoing server the demo domain's SPF record authorises
 DOWN: web.AppKey[set[str]] = web.AppKey("down")
 
 
@@ -88,6 +95,15 @@ OUTAGES = {
     "app": ("Online application", "login and dashboard answer 502 Bad Gateway"),
     "api": ("API", 'answers 200 with {"status": "degraded"}: the probe checks the JSON'),
     "smtp": ("SMTP relay", "accepts connections and hangs up with 554"),
+    "delivery": (
+        "SMTP delivery",
+        "accepts mail but holds it: nothing reaches the mailbox (a page once two probes miss "
+        "it); brought back, the held messages arrive late and are counted as such",
+    ),
+    "sender": (
+        "Sending domain",
+        "its DNS publishes no DKIM key and DMARC p=none: a ticket after 15 minutes, no page",
+    ),
     "sms": ("SMS gateway", 'answers 200 with {"status": "error"}: carrier link down'),
 }
 PAGES_FILE: web.AppKey[str] = web.AppKey("pages_file")
@@ -126,7 +142,8 @@ async def control_page(request: web.Request) -> web.Response:
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>Demo services</title><style>{_STYLE}</style></head>
 <body><h1>Demo services</h1>
-<p>Simulated stand-ins for the five services of the Mailpro SLA, probed by the exporter.
+<p>Simulated stand-ins for the services of the Mailpro SLA (SMTP with the mail it delivers and
+the sending domain it publishes), probed by the exporter.
 <b>Take down</b> makes a service fail the way the table says, until you bring it back:
 nothing else changes, so what follows is what a real outage would cause.</p>
 <table><tr><th>Service</th><th>Now</th><th class="what">When down, it</th><th></th></tr>
@@ -148,6 +165,8 @@ async def toggle(request: web.Request) -> web.Response:
         down.add(service)
     else:
         down.discard(service)
+        if service == "delivery" and MAILBOX in request.app:
+            request.app[MAILBOX].release()  # the held messages arrive, late
     log.info("demo service %s is now %s", service, request.match_info["state"])
     if "json" in request.headers.get("Accept", ""):
         return web.json_response({"down": sorted(down)})
@@ -292,9 +311,13 @@ def make_receiver(pages_file: Path | None = None, zone: str = "UTC") -> web.Appl
     return app
 
 
-def make_app(down: set[str], pages_file: str = "") -> web.Application:
+def make_app(
+    down: set[str], pages_file: str = "", mailbox: Mailbox | None = None
+) -> web.Application:
     app = web.Application()
     app[DOWN] = down
+    if mailbox is not None:
+        app[MAILBOX] = mailbox
     app[PAGES_FILE] = pages_file
     app.router.add_get("/", website)
     app.router.add_get("/faq", website)
@@ -320,11 +343,48 @@ class _Authenticator:
 
 
 class _Handler:
+    def __init__(self, mailbox: Mailbox) -> None:
+        self.mailbox = mailbox
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if INBOX in envelope.rcpt_tos:
+            self.mailbox.accept(bytes(envelope.original_content or envelope.content))
         return "250 Message accepted for delivery"
 
 
-async def _smtp_server(host: str, port: int, tls: ssl.SSLContext, down: set[str]) -> asyncio.Server:
+class Mailbox:
+    """The demo's one mailbox: messages by UID; held back while "delivery" is down."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.messages: dict[int, bytes] = {}
+        self.held: list[bytes] = []
+        self.next_uid = 1
+        self.changed = asyncio.Event()  # set on every new message, for IDLE
+
+    def accept(self, message: bytes) -> None:
+        self.held.append(message)
+        self.release()
+
+    def release(self) -> None:
+        """Deliver what is held, unless delivery is down."""
+        if "delivery" in self.down:
+            return
+        for message in self.held:
+            self.messages[self.next_uid] = message
+            self.next_uid += 1
+        if self.held:
+            self.held.clear()
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+
+MAILBOX: web.AppKey[Mailbox] = web.AppKey("mailbox")
+
+
+async def _smtp_server(
+    host: str, port: int, tls: ssl.SSLContext, down: set[str], mailbox: Mailbox
+) -> asyncio.Server:
     from aiosmtpd.smtp import SMTP
 
     loop = asyncio.get_running_loop()
@@ -335,7 +395,7 @@ async def _smtp_server(host: str, port: int, tls: ssl.SSLContext, down: set[str]
             # accepts and hangs up, which the probe reports as a protocol failure.
             return _HangUp()
         return SMTP(
-            _Handler(),
+            _Handler(mailbox),
             hostname="smtp.demo.invalid",
             tls_context=tls,
             require_starttls=True,
@@ -343,6 +403,175 @@ async def _smtp_server(host: str, port: int, tls: ssl.SSLContext, down: set[str]
         )
 
     return await loop.create_server(factory, host, port)
+
+
+# --------------------------------------------------------------------------------------------
+# IMAP: the few commands a mail client (and the delivery probe) uses to find, read and delete
+# messages, over implicit TLS: CAPABILITY, LOGIN, SELECT, UID SEARCH HEADER, UID FETCH (a
+# header field or the whole message), UID STORE +FLAGS (\Deleted), UID EXPUNGE, IDLE, NOOP,
+# LOGOUT. A stand-in for the demo, not a server for anything else.
+
+_IMAP_COMMAND = re.compile(r"^(\S+) (?:UID )?(\w+)(?: (.*))?$", re.IGNORECASE)
+
+
+def _uid_set(text: str, known: Sequence[int]) -> list[int]:
+    uids: list[int] = []
+    top = max(known, default=0)
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        first = top if low == "*" else int(low)
+        last = first if not high else (top if high == "*" else int(high))
+        uids += [u for u in known if min(first, last) <= u <= max(first, last)]
+    return uids
+
+
+def _header(message: bytes, name: str) -> str:
+    import email
+
+    parsed = email.message_from_bytes(message)
+    return str(parsed.get(name, ""))
+
+
+async def _imap_session(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mailbox: Mailbox
+) -> None:
+    def send(line: str | bytes) -> None:
+        writer.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
+
+    send("* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] demo IMAP ready")
+    selected = False
+    while line := (await reader.readline()).decode(errors="replace").rstrip("\r\n"):
+        match = _IMAP_COMMAND.match(line)
+        if match is None:
+            send("* BAD not understood")
+            continue
+        tag, command, args = match[1], match[2].upper(), match[3] or ""
+        uid = " UID " in f" {line.upper()} "
+        if command == "CAPABILITY":
+            send("* CAPABILITY IMAP4rev1 IDLE UIDPLUS")
+        elif command == "LOGIN":
+            user, _, password = args.partition(" ")
+            if user.strip('"') != INBOX or password.strip('"') != SMTP_PASSWORD:
+                send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.")
+                continue
+        elif command == "SELECT":
+            selected = True
+            send(f"* {len(mailbox.messages)} EXISTS")
+            send(f"* OK [UIDNEXT {mailbox.next_uid}] next")
+        elif command == "SEARCH" and selected:
+            words = args.split()
+            field, value = (words[1], words[2]) if len(words) >= 3 else ("", "")
+            found = [u for u, m in mailbox.messages.items() if value in _header(m, field)]
+            send("* SEARCH" + "".join(f" {u}" for u in found))
+        elif command == "FETCH" and selected and uid:
+            which, _, items = args.partition(" ")
+            whole = "BODY.PEEK[]" in items.upper()
+            for n, u in enumerate(_uid_set(which, list(mailbox.messages)), 1):
+                message = mailbox.messages[u]
+                if whole:
+                    data, item = message, "BODY[]"
+                else:
+                    value = _header(message, "X-SLA-Probe")
+                    data = f"X-SLA-Probe: {value}\r\n\r\n".encode() if value else b"\r\n"
+                    item = "BODY[HEADER.FIELDS (X-SLA-PROBE)]"
+                send(f"* {n} FETCH (UID {u} {item} {{{len(data)}}}".encode())
+                writer.write(data)
+                send(")")
+        elif command == "STORE" and selected:
+            pass  # flags are not kept: the expunge that follows names its UIDs
+        elif command == "EXPUNGE" and selected and uid:
+            for u in _uid_set(args, list(mailbox.messages)):
+                del mailbox.messages[u]
+        elif command == "IDLE":
+            send("+ idling")
+            changed = asyncio.ensure_future(mailbox.changed.wait())
+            done = asyncio.ensure_future(reader.readline())
+            await asyncio.wait({changed, done}, return_when=asyncio.FIRST_COMPLETED)
+            if changed.done():
+                send(f"* {len(mailbox.messages)} EXISTS")
+                await writer.drain()
+                await done
+            changed.cancel()
+        elif command == "LOGOUT":
+            send("* BYE")
+            send(f"{tag} OK LOGOUT completed")
+            break
+        elif command != "NOOP":
+            send(f"{tag} BAD {command} not supported here")
+            continue
+        send(f"{tag} OK {command} completed")
+        await writer.drain()
+    writer.close()
+
+
+async def _imap_server(
+    host: str, port: int, tls: ssl.SSLContext, mailbox: Mailbox
+) -> asyncio.Server:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _imap_session(reader, writer, mailbox)
+        except (ConnectionError, ssl.SSLError, ValueError, KeyError):
+            writer.close()
+
+    return await asyncio.start_server(serve, host, port, ssl=tls)
+
+
+# --------------------------------------------------------------------------------------------
+# DNS: the sending domain's records, served by dnslib as an authoritative server would.
+
+
+def _dns_zone(down: set[str], dkim_key: str) -> list[Any]:
+    from dnslib import RR
+
+    def txt(name: str, text: str) -> str:
+        parts = " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
+        return f"{name}. 60 IN TXT {parts}\n"
+
+    zone = f"{DOMAIN}. 60 IN MX 10 mx.{DOMAIN}.\nmx.{DOMAIN}. 60 IN A 127.0.0.1\n"
+    zone += txt(DOMAIN, f"v=spf1 ip4:{SENDING_HOST} -all")
+    if "sender" in down:
+        zone += txt(f"_dmarc.{DOMAIN}", "v=DMARC1; p=none")
+    else:
+        zone += txt(f"s1._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; p={dkim_key}")
+        zone += txt(f"_dmarc.{DOMAIN}", "v=DMARC1; p=reject")
+    return list(RR.fromZone(zone))
+
+
+def _dns_servers(host: str, port: int, down: set[str]) -> list[Any]:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from dnslib import RCODE
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    dkim_key = base64.b64encode(der).decode()
+
+    class Resolver(BaseResolver):  # type: ignore[misc]  # dnslib is untyped
+        def resolve(self, request: Any, handler: Any) -> Any:
+            reply = request.reply()
+            reply.header.aa = 1
+            reply.header.ad = 0  # the zone is not signed: nothing to call validated
+            records = _dns_zone(down, dkim_key)
+            for rr in records:
+                if rr.rname == request.q.qname and rr.rtype == request.q.qtype:
+                    reply.add_answer(rr)
+            if not reply.rr and not any(rr.rname == request.q.qname for rr in records):
+                reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+
+    quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data")
+    servers = [
+        DNSServer(Resolver(), host, port, logger=quiet),
+        DNSServer(Resolver(), host, port, tcp=True, logger=quiet),
+    ]
+    for server in servers:
+        server.start_thread()
+    return servers
 
 
 class _HangUp(asyncio.Protocol):
@@ -361,6 +590,8 @@ async def run(
     pages_file: Path | None = None,
     zone: str = "UTC",
     services: bool = True,
+    imap_port: int = 9403,
+    dns_port: int = 9404,
 ) -> None:
     """Serve the alert receiver, and unless `services` is False the demo services too."""
     runners = []
@@ -368,7 +599,8 @@ async def run(
     await receiver.setup()
     await web.TCPSite(receiver, host, receiver_port).start()
     runners.append(receiver)
-    smtp: asyncio.Server | None = None
+    servers: list[asyncio.Server] = []
+    dns: list[Any] = []
     if services:
         import trustme
 
@@ -378,17 +610,25 @@ async def run(
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("localhost", host).configure_cert(tls)
         down: set[str] = set()
-        runner = web.AppRunner(make_app(down, str(pages_file or "")), access_log=None)
+        mailbox = Mailbox(down)
+        runner = web.AppRunner(make_app(down, str(pages_file or ""), mailbox), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, http_port).start()
         runners.append(runner)
-        smtp = await _smtp_server(host, smtp_port, tls, down)
+        servers.append(await _smtp_server(host, smtp_port, tls, down, mailbox))
+        servers.append(await _imap_server(host, imap_port, tls, mailbox))
+        dns = _dns_servers(host, dns_port, down)
         log.info(
-            "demo services on http://%s:%d/ and smtp://%s:%d (CA in %s); toggle at /-/demo",
+            "demo services on http://%s:%d/, smtp://%s:%d, imaps://%s:%d and DNS on %s:%d "
+            "(CA in %s); toggle at /-/demo",
             host,
             http_port,
             host,
             smtp_port,
+            host,
+            imap_port,
+            host,
+            dns_port,
             ca_file,
         )
     log.info("alert webhooks received on port %d; pages in %s", receiver_port, pages_file)
@@ -397,8 +637,10 @@ async def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    if smtp is not None:
-        smtp.close()
+    for server in servers:
+        server.close()
+    for dns_server in dns:
+        dns_server.stop()
     for runner in runners:
         await runner.cleanup()
 
@@ -426,6 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=9401)
     parser.add_argument("--smtp-port", type=int, default=9402)
+    parser.add_argument("--imap-port", type=int, default=9403, help="the demo mailbox (IMAPS)")
+    parser.add_argument("--dns-port", type=int, default=9404, help="the sending domain's DNS")
     parser.add_argument("--receiver-port", type=int, default=9095, help="alert webhook sink")
     parser.add_argument("--ca-file", type=Path, default=Path("run/demo-ca.pem"))
     parser.add_argument(
@@ -468,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.pages_file,
             args.timezone,
             services=not args.receiver_only,
+            imap_port=args.imap_port,
+            dns_port=args.dns_port,
         )
     )
     return 0

@@ -189,12 +189,21 @@ class Stack:
         http_post(f"{self.exporter}/-/reload", accept="text/plain")
 
 
-def demo_config(http_port: int, smtp_port: int, workdir: Path, interval: str = "1s") -> str:
+def demo_config(
+    http_port: int,
+    smtp_port: int,
+    workdir: Path,
+    interval: str = "1s",
+    imap_port: int = 9403,
+    dns_port: int = 9404,
+) -> str:
     """examples/demo.yml pointed at the test's ports, probing every `interval`; with
     intervals of a second, without the demo's own timeouts and re-probes, which need longer."""
     text = (ROOT / "examples" / "demo.yml").read_text()
     text = text.replace("127.0.0.1:9401", f"127.0.0.1:{http_port}")
     text = text.replace("port: 9402", f"port: {smtp_port}")
+    text = text.replace("port: 9403", f"port: {imap_port}")
+    text = text.replace("127.0.0.1:9404", f"127.0.0.1:{dns_port}")
     text = text.replace("../run/", f"{workdir}/")
     for old in ("15s", "10s", "5s"):
         text = text.replace(f"interval: {old}", f"interval: {interval}")
@@ -230,10 +239,13 @@ def alertmanager_config(workdir: Path, receiver_port: int) -> Path:
 def running_stack(workdir: Path, extra_config: str = "", interval: str = "1s") -> Iterator[Stack]:
     """Start everything, wait until each answers, and stop it all afterwards."""
     http_port, smtp_port, receiver_port = free_port(), free_port(), free_port()
+    imap_port, dns_port = free_port(), free_port()
     exporter_port, prometheus_port, am_port = free_port(), free_port(), free_port()
     (workdir / "smtp-password").write_text("demo-smtp-password\n")
     config = workdir / "sla.yml"
-    config.write_text(demo_config(http_port, smtp_port, workdir, interval) + extra_config)
+    config.write_text(
+        demo_config(http_port, smtp_port, workdir, interval, imap_port, dns_port) + extra_config
+    )
     python = [sys.executable, "-m"]
     secrets = {"DEMO_API_TOKEN": "Bearer demo-api-token", "DEMO_SMS_TOKEN": "demo-sms-token"}
     with ExitStack() as stack:
@@ -259,6 +271,10 @@ def running_stack(workdir: Path, extra_config: str = "", interval: str = "1s") -
                 str(http_port),
                 "--smtp-port",
                 str(smtp_port),
+                "--imap-port",
+                str(imap_port),
+                "--dns-port",
+                str(dns_port),
                 "--receiver-port",
                 str(receiver_port),
                 "--ca-file",

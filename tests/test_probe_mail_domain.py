@@ -257,12 +257,27 @@ async def test_a_record_changed_between_two_probes_is_seen_at_the_second(
     assert changed.reason is Reason.DMARC  # no cache between probes
 
 
-def test_nameservers_take_a_port_and_ipv6_in_brackets() -> None:
+def test_nameservers_take_a_port_ipv6_in_brackets_and_host_names() -> None:
     probe = MailDomainProbe.model_validate(
         {
             "domain": "Example.COM.",
-            "nameservers": ["192.0.2.53", "127.0.0.1:5353", "[::1]:53", "::1"],
+            "nameservers": ["192.0.2.53", "127.0.0.1:5353", "[::1]:53", "::1", "Resolver:5353"],
         }
     )
     assert probe.domain == "example.com"
-    assert probe.nameservers == ["192.0.2.53:53", "127.0.0.1:5353", "[::1]:53", "[::1]:53"]
+    assert probe.nameservers == [
+        "192.0.2.53:53",
+        "127.0.0.1:5353",
+        "[::1]:53",
+        "[::1]:53",
+        "resolver:5353",
+    ]
+
+
+async def test_a_nameserver_given_by_host_name_is_looked_up(zone: Zone, nameserver: str) -> None:
+    by_name = nameserver.replace("127.0.0.1", "localhost")
+    result = await run(config(nameserver, "good.test", nameservers=[by_name]))
+    assert result.success, result.message
+    missing = await run(config(nameserver, "good.test", nameservers=["no-such-host.invalid:53"]))
+    assert missing.reason is Reason.DNS
+    assert missing.message == "cannot resolve nameserver no-such-host.invalid"

@@ -550,10 +550,7 @@ async def _verify(client: _IMAP, uid: str, wanted: DKIMSignature, trace: Trace) 
             continue
         selector = tags.get(b"s", b"").decode("ascii", "replace")
         name = f"{selector}._domainkey.{domain}"
-        resolver = mail_domain.make_resolver(
-            mail_domain.MailDomainProbe(domain=domain, nameservers=wanted.nameservers)
-        )
-        answers = mail_domain.Answers(resolver)
+        answers = mail_domain.Answers(await mail_domain.make_resolver(wanted.nameservers))
         keys = await answers.texts(name)
         record = keys[0].encode() if keys else b""
 

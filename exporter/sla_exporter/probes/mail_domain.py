@@ -20,6 +20,7 @@ import base64
 import contextvars
 import ipaddress
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -74,25 +75,26 @@ def _host_address(value: str) -> str:
 
 IPAddress = Annotated[str, AfterValidator(_host_address)]
 _NAMESERVER = re.compile(
-    r"^\[(?P<v6>[^\]]+)\](?::(?P<port6>\d+))?$|^(?P<ip>[^:]+)(?::(?P<port>\d+))?$"
+    r"^\[(?P<v6>[^\]]+)\](?::(?P<port6>\d+))?$|^(?P<host>[^:\[\]]+)(?::(?P<port>\d+))?$"
 )
 
 
 def _nameserver(value: str) -> str:
-    """`192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53` or `[2001:db8::53]:5353`."""
+    """`192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53`, `[2001:db8::53]:5353`, `dns:53`."""
     try:
         address, port = parse_nameserver(value)
     except ValueError:
         raise custom(
             "nameserver",
-            "must be a resolver's IP address with an optional port, like 192.0.2.53 or "
-            f"127.0.0.1:5353 or [2001:db8::53]:53, got {show(value)}",
+            "must be a resolver's address or host name with an optional port, like 192.0.2.53, "
+            f"127.0.0.1:5353, [2001:db8::53]:53 or resolver:53, got {show(value)}",
         ) from None
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def parse_nameserver(value: str) -> tuple[str, int]:
-    """The address and port of a nameserver as the config writes it (port 53 by default)."""
+    """The address (or host name) and port of a nameserver as the config writes it (port 53
+    by default)."""
     try:  # a bare IPv6 address has colons of its own
         return str(ipaddress.IPv6Address(value)), 53
     except ValueError:
@@ -100,11 +102,18 @@ def parse_nameserver(value: str) -> tuple[str, int]:
     match = _NAMESERVER.match(value)
     if match is None:
         raise ValueError(value)
-    address = match["v6"] or match["ip"]
     port = int(match["port6"] or match["port"] or 53)
     if not 1 <= port <= 65535:
         raise ValueError(value)
-    return str(ipaddress.ip_address(address)), port
+    if match["v6"] is not None:
+        return str(ipaddress.IPv6Address(match["v6"])), port
+    host = match["host"]
+    try:
+        return str(ipaddress.IPv4Address(host)), port
+    except ValueError:
+        if re.fullmatch(r"[0-9.]+", host) or not all(_LABEL.match(p) for p in host.split(".")):
+            raise ValueError(value) from None
+        return host.lower(), port
 
 
 Nameserver = Annotated[str, AfterValidator(_nameserver)]
@@ -151,19 +160,38 @@ UNLISTED = "192.0.2.0"
 DNS_TIMEOUT = 30.0  # per query; the probe's own deadline is normally much shorter
 
 
-def make_resolver(config: MailDomainProbe) -> dns.asyncresolver.Resolver:
-    """An uncached resolver for the configured nameservers (or the system's), asking for DNSSEC
-    (DO and AD set, so a validating resolver says whether it validated)."""
-    resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
-    _configure(resolver, config.nameservers)
+async def addresses(nameservers: list[str]) -> list[tuple[str, int]]:
+    """The configured nameservers as (IP address, port); host names looked up now (with the
+    system's resolver), so a container's `resolver:53` follows its address."""
+    out = []
+    loop = asyncio.get_running_loop()
+    for nameserver in nameservers:
+        host, port = parse_nameserver(nameserver)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError:
+                raise ProbeFailed(Reason.DNS, f"cannot resolve nameserver {host}") from None
+            # Every address, in the system's order: the resolver tries the next on failure.
+            out += [(str(info[4][0]), port) for info in infos if (str(info[4][0]), port) not in out]
+            continue
+        out.append((host, port))
+    return out
+
+
+async def make_resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:
+    """An uncached resolver for `nameservers` (or the system's), asking for DNSSEC (DO and AD
+    set, so a validating resolver says whether it validated)."""
+    resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+    _configure(resolver, await addresses(nameservers))
     return resolver
 
 
-def _configure(resolver: dns.resolver.BaseResolver, nameservers: list[str]) -> None:
+def _configure(resolver: dns.resolver.BaseResolver, nameservers: list[tuple[str, int]]) -> None:
     if nameservers:
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(*parse_nameserver(n)) for n in nameservers
-        ]
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(*n) for n in nameservers]
     resolver.cache = None  # every probe asks again: a monitor must see a change at once
     resolver.lifetime = DNS_TIMEOUT
     resolver.flags = dns.flags.RD | dns.flags.AD
@@ -296,7 +324,7 @@ def evaluate_spf(domain: str, address: str) -> SPFOutcome:
 async def check_spf(answers: Answers, config: MailDomainProbe) -> str:
     domain = config.domain
     sync = dns.resolver.Resolver(configure=not config.nameservers)
-    _configure(sync, config.nameservers)
+    _configure(sync, await addresses(config.nameservers))
     lookups = _SyncLookups(sync, answers.authenticated)
 
     async def evaluate(address: str) -> SPFOutcome:
@@ -379,7 +407,7 @@ async def check_dmarc(answers: Answers, domain: str, accepted: list[Policy]) -> 
 
 async def probe(config: MailDomainProbe, trace: Trace) -> str:
     """Run every check of the domain, each its own phase; fail naming every failed one."""
-    answers = Answers(make_resolver(config))
+    answers = Answers(await make_resolver(config.nameservers))
     checks: list[tuple[str, str, Any]] = [
         ("mx", "mx", check_mx(answers, config.domain)),
         ("spf", "spf", check_spf(answers, config)),
