@@ -82,6 +82,8 @@ def build(settings: Settings) -> dashboard.Dashboard:
     now(board)
     board.with_row(dashboard.Row("Over time"))
     over_time(board)
+    board.with_row(dashboard.Row("Mail"))
+    mail(board)
     board.with_row(dashboard.Row("This month"))
     month(board, settings)
     return board
@@ -273,6 +275,76 @@ def phase_quantile(quantile: float) -> Query:
         f"max by (location, phase) "
         f"(quantile_over_time({quantile}, sla_probe_phase_duration_seconds{BY_LOCATION}[$window]))",
         "{{phase}} ({{location}})",
+    )
+
+
+def mail(board: dashboard.Dashboard) -> None:
+    """Delivery time and late messages (mail_delivery), and each check (mail_domain too)."""
+    board.with_panel(
+        timeseries_panel(
+            "Delivery time",
+            "mail_delivery services: end-to-end time of the probe messages delivered in time, "
+            "from the start of the submission to the first sight in the mailbox, median and "
+            "95th percentile of the messages of each interval on the graph "
+            "(histogram_quantile of sla_probe_delivery_seconds), against the timeout (dashed). "
+            "A message not delivered in time is a not_delivered failure, not a point here.",
+            "s",
+            delivery_quantile(0.5),
+            delivery_quantile(0.95),
+            Query(f"max(sla_probe_timeout_seconds{BY_LOCATION})", "timeout"),
+        )
+        .min(0)
+        .overrides([dashed("timeout")])
+    )
+    board.with_panel(
+        timeseries_panel(
+            "Late messages",
+            "mail_delivery services: probe messages found in the mailbox after their probe had "
+            "given up on them, per minute (sla_probe_late_deliveries_total): mail that was "
+            "delayed, not lost. Zero while every message arrives in time.",
+            "cpm",
+            Query(
+                "sum by (location) "
+                f"(rate(sla_probe_late_deliveries_total{BY_LOCATION}[$__rate_interval])) * 60",
+                "{{location}}",
+            ),
+            bars=True,
+        ).min(0)
+    )
+    board.with_panel(
+        state_timeline_panel(
+            "Checks",
+            "Each check of the last probe over time, per location (sla_probe_check_success): "
+            "mail_domain mx, spf, dkim:<selector>, dmarc; mail_delivery delivered and "
+            "dkim_signature. Green passed, red failed; a failure for 15 minutes opens "
+            "SLASenderAuthenticationBroken, delivered failing twice pages SLAMailNotDelivered.",
+            Query(
+                f"max by (location, check) (sla_probe_check_success{BY_LOCATION})",
+                "{{check}} ({{location}})",
+            ),
+            mappings=mapping({"1": ("pass", GREEN), "0": ("FAIL", RED)}),
+        )
+    )
+    board.with_panel(
+        stat_panel(
+            "DNSSEC validated",
+            "mail_domain services: whether the resolver marked every answer of the last probe "
+            "DNSSEC-validated (AD flag), per location (sla_probe_dnssec_validated). A resolver "
+            "that does not validate never does: 'no' then says nothing about the zone.",
+            "none",
+            per_location("sla_probe_dnssec_validated"),
+        )
+        .mappings(mapping({"1": ("yes", GREEN), "0": ("no", ORANGE)}))
+        .no_value("not a mail_domain service")
+    )
+
+
+def delivery_quantile(quantile: float) -> Query:
+    """A quantile of the delivery time of the messages within each point's rate interval."""
+    return Query(
+        f"histogram_quantile({quantile}, sum by (location, le) "
+        f"(rate(sla_probe_delivery_seconds_bucket{BY_LOCATION}[$__rate_interval])))",
+        f"p{int(quantile * 100)} ({{{{location}}}})",
     )
 
 
