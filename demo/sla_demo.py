@@ -353,16 +353,26 @@ class _Handler:
 
 
 class Mailbox:
-    """The demo's one mailbox: messages by UID; held back while "delivery" is down."""
+    """The demo's one mailbox: messages by UID; held back while "delivery" is down. Each is
+    DKIM-signed for demo.invalid as it arrives, as the platform's outgoing server would sign it."""
 
-    def __init__(self, down: set[str]) -> None:
+    def __init__(self, down: set[str], dkim_key: bytes | None = None) -> None:
         self.down = down
+        self.dkim_key = dkim_key  # PEM private key of selector s1
         self.messages: dict[int, bytes] = {}
         self.held: list[bytes] = []
         self.next_uid = 1
         self.changed = asyncio.Event()  # set on every new message, for IDLE
 
     def accept(self, message: bytes) -> None:
+        if self.dkim_key is not None:
+            import dkim
+
+            headers = [b"from", b"to", b"subject", b"date", b"message-id"]
+            signature = dkim.sign(
+                message, b"s1", DOMAIN.encode(), self.dkim_key, include_headers=headers
+            )
+            message = signature + message
         self.held.append(message)
         self.release()
 
@@ -537,19 +547,28 @@ def _dns_zone(down: set[str], dkim_key: str) -> list[Any]:
     return list(RR.fromZone(zone))
 
 
-def _dns_servers(host: str, port: int, down: set[str]) -> list[Any]:
+def _dkim_keys() -> tuple[bytes, str]:
+    """A new DKIM key pair for the demo domain: the private key (PEM) and the p= value."""
     import base64
 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from dnslib import RCODE
-    from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    der = key.public_bytes(
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    dkim_key = base64.b64encode(der).decode()
+    return private, base64.b64encode(der).decode()
+
+
+def _dns_servers(host: str, port: int, down: set[str], dkim_key: str) -> list[Any]:
+    from dnslib import RCODE
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
     class Resolver(BaseResolver):  # type: ignore[misc]  # dnslib is untyped
         def resolve(self, request: Any, handler: Any) -> Any:
@@ -610,14 +629,15 @@ async def run(
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("localhost", host).configure_cert(tls)
         down: set[str] = set()
-        mailbox = Mailbox(down)
+        private_key, public_key = _dkim_keys()
+        mailbox = Mailbox(down, private_key)
         runner = web.AppRunner(make_app(down, str(pages_file or ""), mailbox), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, http_port).start()
         runners.append(runner)
         servers.append(await _smtp_server(host, smtp_port, tls, down, mailbox))
         servers.append(await _imap_server(host, imap_port, tls, mailbox))
-        dns = _dns_servers(host, dns_port, down)
+        dns = _dns_servers(host, dns_port, down, public_key)
         log.info(
             "demo services on http://%s:%d/, smtp://%s:%d, imaps://%s:%d and DNS on %s:%d "
             "(CA in %s); toggle at /-/demo",

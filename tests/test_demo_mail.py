@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         process.stop()
 
 
-def delivery(demo: Demo) -> mail_delivery.MailDeliveryProbe:
+def delivery(demo: Demo, **more: Any) -> mail_delivery.MailDeliveryProbe:
     tls = {"ca_file": str(demo.ca_file), "server_name": "localhost"}
     login = {"username": "probe@demo.invalid", "password": "demo-smtp-password"}
     submit = {"host": "127.0.0.1", "port": demo.smtp, "tls": tls, "auth": login}
@@ -71,12 +72,13 @@ def delivery(demo: Demo) -> mail_delivery.MailDeliveryProbe:
                 "username": "inbox@demo.invalid",
                 "password": "demo-smtp-password",
             },
+            **more,
         }
     )
 
 
-async def deliver(demo: Demo, timeout: float = 2.0) -> ProbeResult:
-    result = await run_probe(mail_delivery.probe, delivery(demo), timeout)
+async def deliver(demo: Demo, timeout: float = 2.0, **more: Any) -> ProbeResult:
+    result = await run_probe(mail_delivery.probe, delivery(demo, **more), timeout)
     await mail_delivery.wait_for_cleanups()
     return result
 
@@ -113,3 +115,26 @@ async def test_the_demo_domain_passes_every_check_until_taken_down(demo: Demo) -
         demo.switch("sender", up=True)
     assert broken.reason is Reason.DKIM
     assert dict(broken.checks) == {"mx": True, "spf": True, "dkim:s1": False, "dmarc": False}
+
+
+async def test_the_demo_signs_what_it_delivers_and_the_probe_verifies_it(demo: Demo) -> None:
+    nameservers = [f"127.0.0.1:{demo.dns}"]
+    signed = await deliver(demo, dkim={"domain": "demo.invalid", "nameservers": nameservers})
+    assert signed.success, signed.message
+    assert signed.message.endswith(", DKIM signature of demo.invalid valid")
+    assert dict(signed.checks) == {"delivered": True, "dkim_signature": True}
+    assert set(signed.phases) == {"mailbox", "submit", "delivery", "dkim"}
+    # Another domain's signature is not the one asked for.
+    other = await deliver(demo, dkim={"domain": "example.com", "nameservers": nameservers})
+    assert other.reason is Reason.DKIM
+    assert other.message == "no DKIM signature of example.com (signed by demo.invalid)"
+    # The key withdrawn from DNS (the sender outage): the signature no longer verifies.
+    demo.switch("sender", up=False)
+    try:
+        unverified = await deliver(
+            demo, dkim={"domain": "demo.invalid", "nameservers": nameservers}
+        )
+    finally:
+        demo.switch("sender", up=True)
+    assert unverified.reason is Reason.DKIM
+    assert unverified.message == "DKIM signature of demo.invalid does not verify"
