@@ -199,7 +199,7 @@ def test_a_bad_config_at_start_exits_1_with_every_error(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert "services.a: must set exactly one probe kind (http, smtp, sms_gateway)" in result.stderr
+    assert "services.a: must set exactly one probe kind (http, smtp, sms_gateway, " in result.stderr
 
 
 def test_help_shows_the_default_of_every_flag_that_has_one() -> None:
