@@ -336,9 +336,17 @@ def test_the_demo_config_probes_loopback_every_few_seconds(
         "app": "http",
         "api": "http",
         "smtp": "smtp",
+        "delivery": "mail_delivery",
+        "sender": "mail_domain",
         "sms": "sms_gateway",
     }
     assert all(5 <= s.interval <= 15 for s in config.services.values())
+    delivery = config.services["delivery"].mail_delivery
+    assert delivery is not None
+    assert (delivery.submit.effective_port, delivery.mailbox.effective_port) == (9402, 9403)
+    assert delivery.mailbox.password.get_secret_value() == "demo-smtp-password"
+    sender = config.services["sender"].mail_domain
+    assert sender is not None and sender.nameservers == ["127.0.0.1:9404"]
     smtp = config.services["smtp"].smtp
     assert smtp is not None and smtp.auth is not None
     assert (smtp.host, smtp.effective_port, smtp.effective_starttls) == (
