@@ -39,9 +39,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for(
             lambda: (
                 len(stack.query("sla_service_location:probe_consecutive_failures:count")) == 0
-                and len(stack.query("sla_probe_success == 1")) == 5
+                and len(stack.query("sla_probe_success == 1")) == 7
             ),
-            "all five demo services up in Prometheus",
+            "all seven demo services up in Prometheus",
         )
         yield stack
 

@@ -222,6 +222,8 @@ def test_the_demo_starts_prints_addresses_that_answer_and_stops_on_ctrl_c(tmp_pa
             "RECEIVER_PORT",
             "DEMO_HTTP_PORT",
             "DEMO_SMTP_PORT",
+            "DEMO_IMAP_PORT",
+            "DEMO_DNS_PORT",
         )
     }
     run = start_run_sh(tmp_path, {**ports, "DEMO_RUN_DIR": str(tmp_path / "demo")})
@@ -248,7 +250,7 @@ def test_the_demo_starts_prints_addresses_that_answer_and_stops_on_ctrl_c(tmp_pa
                 if line.startswith("sla_probe_success{")
             ]
 
-        wait_for(lambda: successes() == ["1.0"] * 5, "the five demo services up", timeout=60)
+        wait_for(lambda: successes() == ["1.0"] * 7, "the seven demo services up", timeout=60)
     finally:
         os.kill(run.popen.pid, signal.SIGINT)
         code = run.popen.wait(timeout=30)
