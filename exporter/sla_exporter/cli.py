@@ -20,6 +20,7 @@ from . import config as config_mod
 from .durations import parse_duration
 from .exporter import Exporter, Shard
 from .loader import ConfigInvalid
+from .replicas import basic_auth_file, ca_context
 from .web import LINKS_KEY, ConnectionCap, make_app
 from .webconfig import WebConfigFile
 
@@ -141,6 +142,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="1m",
         metavar="DURATION",
         help="how often the other locations' months are read for the pooled month figure",
+    )
+    parser.add_argument(
+        "--replica.peer",
+        dest="replica_peers",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another exporter of this location (same SLA file, same --shard) whose months this"
+        " one merges into its own, e.g. http://sla-b:9141; every address the name resolves to is"
+        " read; repeatable (docs/OPERATIONS.md)",
+    )
+    parser.add_argument(
+        "--replica.refresh-interval",
+        dest="replica_interval",
+        type=_duration,
+        default="15s",
+        metavar="DURATION",
+        help="how often the other replicas' months are read and merged",
+    )
+    parser.add_argument(
+        "--replica.basic-auth-file",
+        dest="replica_auth_file",
+        default=None,
+        metavar="FILE",
+        help="username:password for the other replicas' --web.config.file basic auth",
+    )
+    parser.add_argument(
+        "--replica.ca-file",
+        dest="replica_ca_file",
+        default=None,
+        metavar="FILE",
+        help="the CA that signed the other replicas' certificates (https peers; default: the"
+        " system's)",
     )
     parser.add_argument(
         "--probes.max-concurrency",
@@ -363,6 +397,10 @@ async def serve(
         recover_from=(args.recover_from, args.recover_match) if args.recover_from else None,
         location=args.location,
         pool_interval=args.pool_interval,
+        replica_peers=args.replica_peers,
+        replica_interval=args.replica_interval,
+        replica_auth=basic_auth_file(args.replica_auth_file) if args.replica_auth_file else None,
+        replica_tls=ca_context(args.replica_ca_file) if args.replica_ca_file else None,
     )
     file_limit = raise_file_limit()
     max_connections = web_connection_limit(

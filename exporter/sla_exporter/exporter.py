@@ -8,6 +8,7 @@ import gc
 import hashlib
 import logging
 import pickle
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,9 @@ from .pool import INTERVAL as POOL_INTERVAL
 from .pool import Pool
 from .probes import ProbeResult
 from .probes.base import EXPORTER_FAULTS
+from .replicas import INTERVAL as REPLICA_INTERVAL
+from .replicas import START_TIMEOUT as REPLICA_START_TIMEOUT
+from .replicas import Replicas
 from .scheduler import Clock, ProbeFn, Scheduler, SystemClock, probe_service
 from .store import Store
 from .support.collector import SupportCollector
@@ -145,6 +149,10 @@ class Exporter:
         recover_from: tuple[str, str] | None = None,
         location: str | None = None,
         pool_interval: float = POOL_INTERVAL,
+        replica_peers: list[str] | None = None,
+        replica_interval: float = REPLICA_INTERVAL,
+        replica_auth: tuple[str, str] | None = None,
+        replica_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config_path = config_path
         self.freeze_gc = freeze_gc
@@ -157,6 +165,9 @@ class Exporter:
         self.status_public = False  # /status without the web config's basic auth
         self.pool: Pool | None = None  # the month pooled across locations, when they are named
         self._pooler: asyncio.Task[None] | None = None
+        self.replica_interval = replica_interval
+        self.replicas: Replicas | None = None  # the other exporters of this location, if any
+        self._replicator: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry, str(shard.index), str(shard.count))
@@ -188,6 +199,21 @@ class Exporter:
             ["sla_service"],
             registry=self.registry,
         )
+        if replica_peers:
+            replica_up = Gauge(
+                "sla_exporter_replica_up",
+                "Whether the last read of another replica's months (--replica.peer, at one of "
+                "the addresses its name resolves to) succeeded (1) or not.",
+                ["peer", "address"],
+                registry=self.registry,
+            )
+            self.replicas = Replicas(
+                replica_peers,
+                lambda: self.ledger,
+                auth=replica_auth,
+                tls=replica_tls,
+                on_read=lambda url, address, ok: replica_up.labels(url, address).set(int(ok)),
+            )
         self.scheduler = Scheduler(
             self._on_result,
             probe=probe,
@@ -234,6 +260,11 @@ class Exporter:
         if self.recover_from is not None:
             await recovery.recover(ledger, *self.recover_from)
         self.ledger = ledger
+        if self.replicas is not None:
+            # What the other replicas counted while this one was away, before anything is
+            # probed or served: the first slot is not probed again if they covered it.
+            ledger.join = True
+            await self._sync_replicas(config, REPLICA_START_TIMEOUT, at_start=True)
         self._apply(config)
         # Written at once: an unwritable folder shows now, in a metric and in /-/ready, not at
         # the first flush or at shutdown.
@@ -242,6 +273,8 @@ class Exporter:
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flush")
         if self.pool is not None:
             self._pooler = asyncio.create_task(self._pool_forever(), name="month-pool")
+        if self.replicas is not None:
+            self._replicator = asyncio.create_task(self._replicas_forever(), name="replicas")
 
     def cancel_reloads(self) -> None:
         """Cancel the reload running and the one queued: the process is stopping, and the
@@ -251,7 +284,7 @@ class Exporter:
 
     async def stop(self) -> None:
         self.cancel_reloads()
-        for task in (self._flusher, self._pooler):
+        for task in (self._flusher, self._pooler, self._replicator):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -420,6 +453,26 @@ class Exporter:
             if config is not None and pool is not None:
                 await pool.refresh(config, self.clock.time())
             await asyncio.sleep(self.pool_interval)
+
+    async def _sync_replicas(self, config: Config, timeout: float, at_start: bool = False) -> None:
+        assert self.replicas is not None
+        try:
+            changed = await asyncio.wait_for(self.replicas.sync(config, timeout), timeout + 1)
+        except TimeoutError:
+            log.warning("the other replicas' months took more than %gs to read", timeout)
+            return
+        if changed:
+            log.log(
+                logging.INFO if at_start else logging.DEBUG,
+                "took %.3f s of service time from the other replicas' months",
+                changed / 1000,
+            )
+
+    async def _replicas_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.replica_interval)
+            if self.config is not None:
+                await self._sync_replicas(self.config, max(self.replica_interval, 5.0))
 
     def windows(self, name: str) -> list[tuple[float, float]]:
         """The declared maintenance windows of service `name` (unix times)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -184,6 +185,9 @@ class Month:
 
     def fill(self, start: int, end: int, up: bool, reason: str | None) -> int:
         """Cover the part of [start, end) no result covers yet; return the milliseconds added."""
+        return self._fill(start, end, up, {reason} if reason else set())
+
+    def _fill(self, start: int, end: int, up: bool, reasons: set[str]) -> int:
         start = max(start, self.carried_until)
         if start >= end:
             return 0
@@ -194,14 +198,67 @@ class Month:
         else:  # the usual case: the newest slot, after everything else
             gaps = [(start, end)]
         for a, b in gaps:
-            self._put(a, b, up, reason)
+            self._put(a, b, up, reasons)
         return _length(gaps)
 
-    def _put(self, start: int, end: int, up: bool, reason: str | None) -> None:
+    def join(self, start: int, end: int, up: bool, reason: str | None) -> int:
+        """Like `fill()`, but an up result also turns down time up: the result of several
+        replicas of one location (replicas.py), where a moment is up if any of them saw it up,
+        down if those that probed it all saw it down, and unknown if none did. Return the
+        milliseconds that changed."""
+        if not up or not self.runs or self.runs[-1].end <= start:
+            return self.fill(start, end, up, reason)  # nothing to overturn
+        return self.merge([(start, end, True, ())])
+
+    def merge(self, others: Iterable[tuple[int, int, bool, Iterable[str]]]) -> int:
+        """Join another replica's runs (start, end, up, reasons) into this month, moment by
+        moment: up over down over unknown, the reasons of every down run kept. The outcome does
+        not depend on who merges whom first, nor on merging the same runs twice, so replicas
+        that read each other end with the same month. Return the milliseconds that changed."""
+        floor = self.carried_until
+        theirs = [
+            (max(a, floor), b, up, frozenset(reasons))
+            for a, b, up, reasons in others
+            if b > max(a, floor)
+        ]
+        if not theirs:
+            return 0
+        ours = [(r.start, r.end, r.up, frozenset(r.reasons)) for r in self.runs]
+        points = sorted({t for a, b, _, _ in (*ours, *theirs) for t in (a, b)})
+        merged: list[Run] = []
+        changed = 0
+        i = j = 0
+        for a, b in itertools.pairwise(points):
+            while i < len(ours) and ours[i][1] <= a:
+                i += 1
+            while j < len(theirs) and theirs[j][1] <= a:
+                j += 1
+            mine = ours[i] if i < len(ours) and ours[i][0] <= a else None
+            other = theirs[j] if j < len(theirs) and theirs[j][0] <= a else None
+            covering = [run for run in (mine, other) if run is not None]
+            if not covering:
+                continue
+            up = any(run[2] for run in covering)
+            reasons = set() if up else {r for run in covering for r in run[3]}
+            if mine is None or mine[2] != up:
+                changed += b - a
+            if merged and merged[-1].end == a and merged[-1].up == up:
+                merged[-1].end = b
+                merged[-1].reasons |= reasons
+            else:
+                merged.append(Run(a, b, up, reasons))
+        if changed or [(r.start, r.end, r.reasons) for r in merged] != [
+            (r.start, r.end, r.reasons) for r in self.runs
+        ]:
+            self.runs = merged
+            self.version += 1
+        return changed
+
+    def _put(self, start: int, end: int, up: bool, reasons: set[str]) -> None:
         """Insert [start, end) (covered by no run) in order, merged with equal neighbours."""
         runs = self.runs
         self.version += 1
-        run = Run(start, end, up, {reason} if reason else set())
+        run = Run(start, end, up, set(reasons))
         i = len(runs)
         if i and runs[-1].start > start:
             i = bisect_right([r.start for r in runs], start)
@@ -242,6 +299,17 @@ class Figures:
     @property
     def counted(self) -> int:
         return self.seconds["up"] + self.failed
+
+
+@dataclass(frozen=True)
+class MonthDocument:
+    """One service's month as a replica sends it (`GET /api/v1/months`, replicas.py)."""
+
+    runs: list[tuple[int, int, bool, tuple[str, ...]]]
+    maintenance: list[tuple[int, int]] = field(default_factory=list)
+    terms: list[Term] = field(default_factory=list)
+    carried: dict[str, int] = field(default_factory=dict)
+    carried_until: int = 0
 
 
 @dataclass
@@ -334,6 +402,9 @@ class Ledger:
         self.books: dict[str, ServiceBook] = {}
         self.horizon = 0  # the latest time accounted (ms): the accounting clock never goes back
         self.clock_steps_back = 0  # results refused because the clock went back
+        # Replicas of one location merge their months (replicas.py): an up result then turns
+        # down time up, whoever recorded what first (Month.join), so that they all converge.
+        self.join = False
         self._refusal_logged = -60_000  # when (accounting clock) a refusal was last logged
         self._dirty = False
         self._bounds: dict[str, tuple[int, int]] = {}
@@ -599,8 +670,53 @@ class Ledger:
         added = 0
         last = self._last_term(book)
         for key, x, y in self._spans(a, b):
-            added += self._month(book, key, last).fill(x, y, up, reason)
+            month = self._month(book, key, last)
+            if self.join:
+                added += month.join(x, y, up, reason)
+            else:
+                added += month.fill(x, y, up, reason)
         return added
+
+    def merge(self, service: str, since: int | None, months: dict[str, MonthDocument]) -> int:
+        """Join another replica's months of `service` (replicas.py) into this ledger: its runs
+        (Month.merge), its declared maintenance, and its terms and recovered totals for a month
+        this ledger holds nothing of. Return the milliseconds that changed."""
+        book = self.books.setdefault(service, ServiceBook())
+        changed = 0
+        touched = False
+        if since is not None and (book.since is None or since < book.since):
+            book.since, touched = since, True
+        for key, theirs in months.items():
+            if not _KEY.match(key):
+                continue
+            start, end = self.bounds(key)
+            runs = [
+                (max(a, start), min(b, end), up, reasons)
+                for a, b, up, reasons in theirs.runs
+                if max(a, start) < min(b, end)
+            ]
+            month = book.months.get(key)
+            if month is None:
+                if not runs and not theirs.carried:
+                    continue
+                month = book.months[key] = Month()
+            version = month.version
+            if not month.runs and not month.carried and theirs.carried:
+                month.carried = dict(theirs.carried)
+                month.carried_until = min(max(theirs.carried_until, start), end)
+                month.version += 1
+            if not month.terms and theirs.terms:
+                month.terms = list(theirs.terms)
+                month.version += 1
+            maintenance = _union([*month.maintenance, *_clip(theirs.maintenance, start, end)])
+            if maintenance != month.maintenance:
+                month.maintenance = maintenance
+                month.version += 1
+            changed += month.merge(runs)
+            touched = touched or month.version != version
+        if touched:
+            self._dirty = True
+        return changed
 
     def covered(self, service: str, start: float, end: float) -> bool:
         """Whether results already cover all of [start, end) (a restarted exporter does not

@@ -91,16 +91,32 @@ def own_timeline(ledger: Ledger, service: str, key: str) -> Timeline:
     return Timeline(book.since, runs)
 
 
-def months_document(ledger: Ledger, location: str) -> dict[str, Any]:
-    """What `GET /api/v1/months` serves: this location's spans of every service's kept months."""
+def months_document(ledger: Ledger, location: str, instance: str = "") -> dict[str, Any]:
+    """What `GET /api/v1/months` serves: this location's spans of every service's kept months.
+
+    `months` is what the other locations pool; `detail` (the reasons of each run, declared
+    maintenance, terms and recovered totals) and `instance` (a token of this process) are for
+    the replicas of this location, which merge each other's months into their own
+    (replicas.py)."""
     return {
         "location": location,
+        "instance": instance,
         "timezone": ledger.zone.key,
         "services": {
             name: {
                 "since": book.since,
                 "months": {
                     key: [[r.start, r.end, r.up] for r in month.runs]
+                    for key, month in book.months.items()
+                },
+                "detail": {
+                    key: {
+                        "reasons": [sorted(r.reasons) for r in month.runs],
+                        "maintenance": [list(span) for span in month.maintenance],
+                        "terms": [[t.start, t.objective, t.unknown] for t in month.terms],
+                        "carried": month.carried,
+                        "carried_until": month.carried_until,
+                    }
                     for key, month in book.months.items()
                 },
             }

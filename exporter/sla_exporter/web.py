@@ -257,7 +257,8 @@ async def months(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER_KEY]
     if exporter.ledger is None:
         return web.Response(status=503, text="Not ready: no month ledger yet.\n")
-    document = months_document(exporter.ledger, exporter.location or "")
+    instance = exporter.replicas.instance if exporter.replicas is not None else ""
+    document = months_document(exporter.ledger, exporter.location or "", instance)
     return web.json_response(document)
 
 
