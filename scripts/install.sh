@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the bundle needs on a Debian machine: Prometheus, Alertmanager (with promtool and
-# amtool) from Debian, and the exporter with its demo and test extras in ./.venv; with
-# --with-bench also what bench/ and the tests need (nginx, prometheus-blackbox-exporter, chromium,
-# postfix and dovecot for the delivery tests).
+# amtool) and VictoriaMetrics (the long-term store of ./run.sh --ha and its test) from Debian,
+# and the exporter with its demo and test extras in ./.venv; with --with-bench also what bench/
+# and the tests need (nginx, prometheus-blackbox-exporter, chromium, postfix and dovecot for the
+# delivery tests).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ "${1:-}" = --with-bench ]; then
   # The benchmark's targets and reference (bench/): nginx serves loopback pages, and the Prometheus

@@ -86,9 +86,17 @@ class Process:
             raise AssertionError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
 
 
-def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
+def start(
+    name: str,
+    args: list[str],
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    append: bool = False,
+) -> Process:
+    """Start `args` in `workdir`, output in NAME.log (after what is there, with `append`: a
+    restart keeps the log of the run before)."""
     log = workdir / f"{name}.log"
-    out = log.open("wb")
+    out = log.open("ab" if append else "wb")
     popen = subprocess.Popen(
         args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, **(env or {})}
     )
@@ -343,3 +351,256 @@ def running_stack(workdir: Path, extra_config: str = "", interval: str = "1s") -
             config=config,
             processes=processes,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The highly available topology (docs/OPERATIONS.md, "High availability")
+
+
+@dataclass
+class Member:
+    """One process of the HA stack, which the test may kill and start again."""
+
+    name: str
+    args: list[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: Process | None = None
+
+    def start(self, workdir: Path, ready: str = "/-/ready") -> None:
+        self.process = start(self.name, self.args, workdir, self.env, append=True)
+
+        def up() -> bool:
+            assert self.process is not None
+            self.process.alive()
+            return http_get(self.url + ready) is not None
+
+        wait_for(up, f"{self.name} ready at {self.url}{ready}", timeout=60)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no last write."""
+        assert self.process is not None
+        self.process.popen.kill()
+        self.process.popen.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@dataclass
+class HAStack:
+    """Demo services, two exporter replicas and a witness, two Prometheus, two Alertmanagers
+    in a cluster, and VictoriaMetrics: URLs and members by name."""
+
+    workdir: Path
+    demo: str
+    receiver: str
+    witness: str  # an exporter on its own, never stopped, scraped by nobody: the fault-free run
+    victoria: str
+    members: dict[str, Member]
+
+    def url(self, name: str) -> str:
+        return self.members[name].url
+
+    def query(self, base: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query against `base`: a Prometheus or VictoriaMetrics."""
+        params = {"query": promql, **({"time": str(at)} if at is not None else {})}
+        url = f"{base}/api/v1/query?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def notifications(self) -> list[dict[str, Any]]:
+        return list(json.loads(http_get(self.receiver + "/") or "[]"))
+
+    def set_service(self, name: str, up: bool) -> None:
+        http_post(f"{self.demo}/-/demo/{'up' if up else 'down'}/{name}")
+
+    def cluster_peers(self, name: str) -> int:
+        """How many members the Alertmanager `name` sees in its cluster (itself included), 0
+        before its cluster is ready."""
+        status = json.loads(http_get(self.url(name) + "/api/v2/status") or "{}")
+        cluster = status.get("cluster") or {}
+        return len(cluster.get("peers") or []) if cluster.get("status") == "ready" else 0
+
+
+# One service, probed every 2 s: the HA test is about processes dying, not probe kinds, and a
+# machine shared by many runs probes one service twice over more calmly than five.
+HA_SLA = """
+sla:
+  name: Mailpro HA
+  timezone: Europe/Zurich
+  objective: 0.99
+services:
+  api:
+    interval: 2s
+    timeout: 1s
+    http:
+      url: http://127.0.0.1:{http_port}/api/v1/ping
+      headers: {{Authorization: Bearer demo-api-token}}
+      expect: {{status: [200], json: {{status: ok}}}}
+"""
+
+
+def ha_prometheus_config(workdir: Path, exporters: list[int], managers: list[int], vm: int) -> Path:
+    """prometheus/prometheus.ha.yml with 1 s scrapes and evaluations, the test's ports, and
+    samples sent to the store every second."""
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.ha.yml").read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ROOT / "prometheus" / "rules" / "*.yml")]
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+        f"127.0.0.1:{port}" for port in managers
+    ]
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [
+        f"127.0.0.1:{port}" for port in exporters
+    ]
+    [write] = config["remote_write"]
+    write["url"] = f"http://127.0.0.1:{vm}/api/v1/write"
+    write["queue_config"] = {"batch_send_deadline": "1s"}
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def running_ha_stack(workdir: Path) -> Iterator[HAStack]:
+    """Start the HA topology on loopback, wait until each member answers (and the Alertmanagers
+    see each other), and stop it all afterwards."""
+    http_port, smtp_port, receiver_port, vm_port = (free_port() for _ in range(4))
+    config = workdir / "sla.yml"
+    config.write_text(HA_SLA.format(http_port=http_port))
+    python = [sys.executable, "-m"]
+    with ExitStack() as stack:
+        demo = f"http://127.0.0.1:{http_port}"
+        launch(
+            stack,
+            "demo",
+            [
+                *python,
+                "sla_exporter.demo",
+                *("--http-port", str(http_port), "--smtp-port", str(smtp_port)),
+                *("--receiver-port", str(receiver_port), "--ca-file", str(workdir / "ca.pem")),
+                *("--pages-file", str(workdir / "pages.log"), "--timezone", "Europe/Zurich"),
+            ],
+            workdir,
+            f"{demo}/-/demo",
+        )
+        victoria = f"http://127.0.0.1:{vm_port}"
+        launch(
+            stack,
+            "victoria-metrics",
+            [
+                tool("victoria-metrics"),
+                f"-storageDataPath={workdir / 'victoria'}",
+                f"-httpListenAddr=127.0.0.1:{vm_port}",
+                "-retentionPeriod=400d",
+                # One sample per scrape interval of the two servers' identical series.
+                "-dedup.minScrapeInterval=1s",
+                # Samples visible at once (30 s by default, for writers far away).
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+            ],
+            workdir,
+            f"{victoria}/health",
+        )
+        witness_port = free_port()
+        launch(
+            stack,
+            "witness",
+            [
+                *python,
+                "sla_exporter",
+                *("--config.file", str(config), "--storage.path", str(workdir / "witness.json")),
+                *("--web.listen-address", f"127.0.0.1:{witness_port}"),
+            ],
+            workdir,
+            f"http://127.0.0.1:{witness_port}/-/ready",
+        )
+        members: dict[str, Member] = {}
+        ports = {name: free_port() for name in ("exporter-a", "exporter-b")}
+        for name, port in ports.items():
+            other = ports["exporter-b" if name == "exporter-a" else "exporter-a"]
+            members[name] = Member(
+                name,
+                [
+                    *python,
+                    "sla_exporter",
+                    *("--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"),
+                    *("--storage.path", str(workdir / f"{name}.json")),
+                    *("--replica.peer", f"http://127.0.0.1:{other}"),
+                    *("--replica.refresh-interval", "1s"),
+                ],
+                f"http://127.0.0.1:{port}",
+            )
+        managers = {name: (free_port(), free_port()) for name in ("am-a", "am-b")}
+        am_config = workdir / "alertmanager.yml"
+        am = yaml.safe_load(
+            local_alertmanager_config(
+                ROOT / "alertmanager" / "alertmanager.yml", receiver_port, fast=True
+            )
+        )
+        # A group flushed every 5 s, not every second: the two servers of the pair see the end
+        # of an outage up to a scrape and an evaluation apart, and a flush in between would
+        # page again for the alert the later server still sends (Alertmanager's own advice:
+        # group_interval well above the difference between its senders).
+        am["route"]["group_interval"] = "5s"
+        am_config.write_text(yaml.safe_dump(am, sort_keys=False))
+        for name, (web_port, cluster_port) in managers.items():
+            other = managers["am-b" if name == "am-a" else "am-a"][1]
+            members[name] = Member(
+                name,
+                [
+                    tool("prometheus-alertmanager"),
+                    f"--config.file={am_config}",
+                    f"--storage.path={workdir / name}",
+                    f"--web.listen-address=127.0.0.1:{web_port}",
+                    f"--cluster.listen-address=127.0.0.1:{cluster_port}",
+                    f"--cluster.peer=127.0.0.1:{other}",
+                    # The second member waits this long for the first to notify before doing
+                    # it itself (15 s by default): a page after a dead member within seconds.
+                    "--cluster.peer-timeout=2s",
+                ],
+                f"http://127.0.0.1:{web_port}",
+            )
+        prometheus_config = ha_prometheus_config(
+            workdir,
+            list(ports.values()),
+            [web_port for web_port, _ in managers.values()],
+            vm_port,
+        )
+        for replica in ("a", "b"):
+            name, port = f"prometheus-{replica}", free_port()
+            members[name] = Member(
+                name,
+                [
+                    tool("prometheus"),
+                    f"--config.file={prometheus_config}",
+                    f"--storage.tsdb.path={workdir / name}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--enable-feature=expand-external-labels",
+                    # Firing alerts sent again every 2 s (1 min by default): a restarted
+                    # Alertmanager hears of them at once.
+                    "--rules.alert.resend-delay=2s",
+                ],
+                f"http://127.0.0.1:{port}",
+                env={"PROMETHEUS_REPLICA": replica},
+            )
+        for member in members.values():
+            stack.callback(member.stop)
+            member.start(workdir)
+        ha = HAStack(
+            workdir,
+            demo,
+            f"http://127.0.0.1:{receiver_port}",
+            f"http://127.0.0.1:{witness_port}",
+            victoria,
+            members,
+        )
+        wait_for(
+            lambda: ha.cluster_peers("am-a") == 2 and ha.cluster_peers("am-b") == 2,
+            "both Alertmanagers in one cluster",
+            timeout=60,
+        )
+        yield ha

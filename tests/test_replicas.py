@@ -381,3 +381,19 @@ async def unreadable(tmp_path: Path) -> None:
     finally:
         await exporter.stop()
         await server.close()
+
+
+def test_an_exporter_started_during_an_outage_goes_on_counting_the_failures_in_a_row() -> None:
+    ledger = Ledger(None, "UTC")
+    start = month_bounds("2026-11", ZoneInfo("UTC"))[0]
+    grid = start + phase("api", 60_000) / 1000  # where the slots of api begin
+    ledger.record("api", grid, 60, True)
+    for slot in range(1, 4):
+        ledger.record("api", grid + 60 * slot, 60, False, "timeout")
+    # Just after its last failed slot (whoever probed it): 3 in a row, since the first.
+    assert ledger.failing("api", 60, grid + 241) == (3, grid + 60)
+    # The slot after it not known (the exporter was away longer): no run to go on.
+    assert ledger.failing("api", 60, grid + 301) is None
+    ledger.record("api", grid + 240, 60, True)
+    assert ledger.failing("api", 60, grid + 301) is None  # up again
+    assert Ledger(None, "UTC").failing("api", 60, grid) is None

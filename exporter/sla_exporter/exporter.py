@@ -266,6 +266,11 @@ class Exporter:
             ledger.join = True
             await self._sync_replicas(config, REPLICA_START_TIMEOUT, at_start=True)
         self._apply(config)
+        now = self.clock.time()
+        for name, service in config.services.items():
+            failing = ledger.failing(name, service.interval, now)
+            if failing is not None:
+                self.store.resume(name, *failing)
         # Written at once: an unwritable folder shows now, in a metric and in /-/ready, not at
         # the first flush or at shutdown.
         self.ledger.mark_dirty()

@@ -718,6 +718,23 @@ class Ledger:
             self._dirty = True
         return changed
 
+    def failing(self, service: str, interval: float, clock: float) -> tuple[int, float] | None:
+        """The run of failed slots `service` is in, if its last slot before `clock` failed: how
+        many slots, and when the first began (unix time). For an exporter that starts again
+        during an outage (its own ledger, or the months its replicas merged in): it goes on
+        counting the failures in a row where it left them, instead of reporting none until its
+        first probe, which would end the page and start another."""
+        book = self.books.get(service)
+        if book is None or not book.months:
+            return None
+        month = book.months[max(book.months)]
+        if not month.runs or month.runs[-1].up:
+            return None
+        run, length = month.runs[-1], ms(interval)
+        if run.end < slot(service, length, self.now(clock)):
+            return None  # nobody knows how the last slot went: no run of failures to go on
+        return -(-(run.end - run.start) // length), run.start / 1000
+
     def covered(self, service: str, start: float, end: float) -> bool:
         """Whether results already cover all of [start, end) (a restarted exporter does not
         probe a slot its predecessor probed)."""

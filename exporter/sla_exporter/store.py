@@ -111,6 +111,13 @@ class Store:
                 state.recent_failures = deque(maxlen=RECENT_FAILURES)
             state.recent_failures.append(result)
 
+    def resume(self, name: str, failures: int, since: float) -> None:
+        """Take up a run of `failures` failed slots since `since` that the month ledger holds
+        (an exporter started again during an outage), before this process probed anything."""
+        state = self.services.get(name)
+        if state is not None and state.last is None and not state.consecutive_failures:
+            state.consecutive_failures, state.failing_since = failures, since
+
     def missed(self, name: str, runs: int) -> None:
         """Count slots skipped because a probe could not start in time."""
         state = self.services.get(name)
