@@ -7,6 +7,7 @@ test can run beside a stack someone already has on the default ones.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -57,9 +58,9 @@ class Run:
         return "".join(self.lines)
 
 
-def start_run_sh(cwd: Path, env: dict[str, str]) -> Run:
+def start_run_sh(cwd: Path, env: dict[str, str], *args: str) -> Run:
     popen = subprocess.Popen(
-        [str(ROOT / "run.sh")],
+        [str(ROOT / "run.sh"), *args],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -257,3 +258,78 @@ def test_the_demo_starts_prints_addresses_that_answer_and_stops_on_ctrl_c(tmp_pa
     time.sleep(0.2)
     assert code == 0
     assert "exited" not in run.output().split("Ctrl-C stops everything.")[1]
+
+
+HA_PORTS = (
+    "EXPORTER_PORT",
+    "EXPORTER_B_PORT",
+    "PROMETHEUS_PORT",
+    "PROMETHEUS_B_PORT",
+    "ALERTMANAGER_PORT",
+    "ALERTMANAGER_B_PORT",
+    "ALERTMANAGER_CLUSTER_PORT",
+    "ALERTMANAGER_B_CLUSTER_PORT",
+    "VICTORIA_PORT",
+    "RECEIVER_PORT",
+    "DEMO_HTTP_PORT",
+    "DEMO_SMTP_PORT",
+)
+
+
+def test_run_sh_ha_starts_each_pair_and_the_store_natively_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    """./run.sh --ha: two exporter replicas, two Prometheus, two Alertmanagers in a cluster and
+    VictoriaMetrics, no Docker; every address it prints answers, and everything is wired."""
+    ports = {name: str(free_port()) for name in HA_PORTS}
+    run = start_run_sh(tmp_path, {**ports, "DEMO_RUN_DIR": str(tmp_path / "demo")}, "--ha")
+    try:
+        wait_for(
+            lambda: "Ctrl-C stops everything." in run.output() or run.popen.poll() is not None,
+            "run.sh --ha to say it is running",
+            timeout=180,
+        )
+        assert "Ctrl-C stops everything." in run.output(), run.output()
+        urls = re.findall(r"https?://\S+", run.output())
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200, url
+        # The data apart from the plain demo's: the HA stack's own months.
+        assert (tmp_path / "demo" / "ha" / "sla-ledger-b.json").is_file()
+
+        def query(port: str, promql: str) -> list[dict[str, object]]:
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode(
+                {"query": promql}
+            )
+            body = json.loads(http_get(url) or "{}")
+            return list(body.get("data", {}).get("result", []))
+
+        # Both Prometheus scrape both replicas; both write to the store, without their label.
+        for port in (ports["PROMETHEUS_PORT"], ports["PROMETHEUS_B_PORT"]):
+            wait_for(lambda p=port: len(query(p, 'up{job="sla"} == 1')) == 2, "both replicas up")
+        stored = 'count by (instance, prometheus_replica) (sla_probe_success{sla_service="api"})'
+        wait_for(
+            lambda: len(query(ports["VICTORIA_PORT"], stored)) == 2,
+            "both replicas' series in VictoriaMetrics",
+            timeout=60,
+        )
+        assert "prometheus_replica" not in json.dumps(query(ports["VICTORIA_PORT"], stored))
+        # The Alertmanagers are one cluster of two.
+        for port in (ports["ALERTMANAGER_PORT"], ports["ALERTMANAGER_B_PORT"]):
+            status = json.loads(http_get(f"http://127.0.0.1:{port}/api/v2/status") or "{}")
+            assert status["cluster"]["status"] == "ready", status
+            assert len(status["cluster"]["peers"]) == 2, status
+    finally:
+        os.kill(run.popen.pid, signal.SIGINT)
+        code = run.popen.wait(timeout=60)
+    time.sleep(0.2)
+    assert code == 0
+    assert "exited" not in run.output().split("Ctrl-C stops everything.")[1]
+
+
+def test_run_sh_refuses_an_argument_it_does_not_know(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ROOT / "run.sh"), "--hq"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "usage: ./run.sh [--ha]" in result.stderr
