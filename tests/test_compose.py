@@ -11,6 +11,7 @@ originals. promtool and amtool check the compose configs as they check the shipp
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -31,8 +32,8 @@ from tests.stack import ROOT
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "exporter" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-PROMETHEUS = ROOT / "prometheus" / "prometheus.yml"
 PROMETHEUS_COMPOSE = ROOT / "prometheus" / "prometheus.compose.yml"
+PROMETHEUS_HA = ROOT / "prometheus" / "prometheus.ha.yml"
 ALERTMANAGER = ROOT / "alertmanager" / "alertmanager.yml"
 ALERTMANAGER_COMPOSE = ROOT / "alertmanager" / "alertmanager.compose.yml"
 DEMO = ROOT / "examples" / "demo.yml"
@@ -96,8 +97,72 @@ def assert_names_a_service(address: str, where: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_the_compose_file_has_the_whole_bundle() -> None:
-    assert set(SERVICES) == {"demo", "exporter", "prometheus", "alertmanager", "grafana"}
+def test_the_compose_file_has_the_whole_bundle_and_the_ha_profile_the_second_of_each() -> None:
+    always = {name for name, service in SERVICES.items() if "profiles" not in service}
+    assert always == {
+        "demo",
+        "exporter",
+        "prometheus",
+        "alertmanager",
+        "victoriametrics",
+        "grafana",
+    }
+    ha = {name for name, service in SERVICES.items() if service.get("profiles") == ["ha"]}
+    assert ha == {"exporter-b", "prometheus-b", "alertmanager-b"}
+    assert set(SERVICES) == always | ha
+
+
+# The HA twins: the same service but for these keys (tests/test_compose.py checks the values).
+TWIN_KEYS = {"profiles", "ports", "volumes", "environment"}
+
+
+@pytest.mark.parametrize("twin", ["exporter-b", "prometheus-b", "alertmanager-b"])
+def test_each_ha_twin_is_its_first_half_with_a_volume_and_a_port_of_its_own(twin: str) -> None:
+    first = twin.removesuffix("-b")
+    original, copy = SERVICES[first], SERVICES[twin]
+    assert {k: v for k, v in copy.items() if k not in TWIN_KEYS} == {
+        k: v for k, v in original.items() if k not in TWIN_KEYS
+    }
+    # The same files, but each its own data: two Prometheus or two ledgers on one volume would
+    # overwrite each other.
+    assert {t: s for s, t, _ in mounts(twin) if s.startswith(".") or "$" in s} == {
+        t: s for s, t, _ in mounts(first) if s.startswith(".") or "$" in s
+    }
+    named = {s for s, _, o in mounts(twin) if s in COMPOSE["volumes"] and o == "rw"}
+    assert named and not named & {s for s, _, _ in mounts(first)}
+    host_ports = {p.rsplit(":", 2)[1] for p in copy["ports"] + original["ports"]}
+    assert len(host_ports) == 2, (original["ports"], copy["ports"])
+    assert [p.rsplit(":", 1)[1] for p in copy["ports"]] == [
+        p.rsplit(":", 1)[1] for p in original["ports"]
+    ]
+
+
+def aliases(name: str) -> set[str]:
+    networks = SERVICES[name].get("networks") or {}
+    return set((networks.get("default") or {}).get("aliases") or [])
+
+
+def test_the_members_of_each_pair_find_each_other_by_an_alias_they_both_carry() -> None:
+    assert aliases("exporter") == aliases("exporter-b") == {"sla-exporters"}
+    assert aliases("alertmanager") == aliases("alertmanager-b") == {"alertmanagers"}
+    assert "--replica.peer=http://sla-exporters:9141" in SERVICES["exporter"]["command"]
+    assert "--cluster.peer=alertmanagers:9094" in SERVICES["alertmanager"]["command"]
+    assert flags("alertmanager")["--cluster.listen-address"] == "0.0.0.0:9094"
+    assert 9094 in exposed("alertmanager")
+    replicas = {
+        SERVICES[n]["environment"]["PROMETHEUS_REPLICA"] for n in ("prometheus", "prometheus-b")
+    }
+    assert replicas == {"a", "b"}
+    assert "--enable-feature=expand-external-labels" in SERVICES["prometheus"]["command"]
+
+
+def test_victoriametrics_keeps_400_days_and_one_sample_of_the_pairs_identical_series() -> None:
+    command = dict(a.partition("=")[::2] for a in SERVICES["victoriametrics"]["command"])
+    assert command["-retentionPeriod"] == "400d"
+    prometheus = yaml.safe_load(PROMETHEUS_COMPOSE.read_text())
+    assert command["-dedup.minScrapeInterval"] == prometheus["global"]["scrape_interval"]
+    data = {t: s for s, t, _ in mounts("victoriametrics")}[command["-storageDataPath"]]
+    assert data in COMPOSE["volumes"]
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -243,33 +308,65 @@ def test_the_compose_prometheus_config_passes_promtool() -> None:
         text=True,
         check=False,
         timeout=120,
+        env={**os.environ, "PROMETHEUS_REPLICA": "a"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_compose_prometheus_config_says_what_the_shipped_one_says() -> None:
-    shipped = yaml.safe_load(PROMETHEUS.read_text())
+def test_the_compose_prometheus_config_says_what_the_shipped_ha_one_says() -> None:
+    """prometheus.ha.yml (which tests/test_ha_config.py holds to prometheus.yml) but for the
+    addresses: names found by DNS instead of loopback targets."""
+    shipped = yaml.safe_load(PROMETHEUS_HA.read_text())
     compose = yaml.safe_load(PROMETHEUS_COMPOSE.read_text())
-    for config in (shipped, compose):  # the addresses are all that may differ
-        for job in config["scrape_configs"]:
-            for static in job["static_configs"]:
-                static["targets"] = [host_port(t)[1] for t in static["targets"]]
-        for manager in config["alerting"]["alertmanagers"]:
-            for static in manager["static_configs"]:
-                static["targets"] = [host_port(t)[1] for t in static["targets"]]
+    for job in shipped["scrape_configs"]:
+        [static] = job.pop("static_configs")
+        job["targets"], job["labels"] = port_of(static["targets"]), static["labels"]
+    for job in compose["scrape_configs"]:
+        [dns] = job.pop("dns_sd_configs")
+        [relabel] = job.pop("relabel_configs")
+        job["targets"], job["labels"] = (
+            [dns["port"]],
+            {relabel["target_label"]: relabel["replacement"]},
+        )
+    for manager in shipped["alerting"]["alertmanagers"]:
+        [static] = manager.pop("static_configs")
+        manager["targets"] = port_of(static["targets"])
+    for manager in compose["alerting"]["alertmanagers"]:
+        [dns] = manager.pop("dns_sd_configs")
+        manager["targets"] = [dns["port"]]
+    for config in (shipped, compose):
+        for write in config["remote_write"]:
+            write["url"] = urllib.parse.urlsplit(write["url"])._replace(netloc="HOST").geturl()
     assert compose == shipped
 
 
-def test_prometheus_scrapes_and_alerts_compose_services() -> None:
+def port_of(targets: list[str]) -> list[int]:
+    """The port of the first of `targets`: on loopback the pair listens on two ports, in
+    compose on one port of two containers, under one DNS name."""
+    return [host_port(targets[0])[1]]
+
+
+def test_prometheus_scrapes_alerts_and_writes_to_compose_services() -> None:
     config = yaml.safe_load(PROMETHEUS_COMPOSE.read_text())
-    for job in config["scrape_configs"]:
-        for static in job["static_configs"]:
-            for target in static["targets"]:
-                assert_names_a_service(target, f"scrape job {job['job_name']}")
-    for manager in config["alerting"]["alertmanagers"]:
-        for static in manager["static_configs"]:
-            for target in static["targets"]:
-                assert_names_a_service(target, "alerting")
+    found = [
+        (dns, where)
+        for job in config["scrape_configs"]
+        for dns in job["dns_sd_configs"]
+        for where in [f"scrape job {job['job_name']}"]
+    ] + [
+        (dns, "alerting")
+        for m in config["alerting"]["alertmanagers"]
+        for dns in m["dns_sd_configs"]
+    ]
+    for dns, where in found:
+        assert dns["type"] == "A"
+        for name in dns["names"]:
+            carriers = [service for service in SERVICES if name in aliases(service)]
+            assert len(carriers) == 2, f"{where}: {name} is the alias of {carriers}"
+            for service in carriers:
+                assert dns["port"] in exposed(service), f"{where}: {service} on {dns['port']}"
+    for write in config["remote_write"]:
+        assert_names_a_service(urllib.parse.urlsplit(write["url"]).netloc, "remote_write")
 
 
 def test_prometheus_reads_the_mounted_config_and_rules_and_keeps_400_days() -> None:
@@ -470,6 +567,11 @@ def test_grafana_queries_the_compose_prometheus_and_reads_its_password_from_a_se
     datasources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
     (datasource,) = datasources["datasources"]
     assert_names_a_service(urllib.parse.urlsplit(datasource["url"]).netloc, "datasource")
+    longterm = yaml.safe_load((PROVISIONING / "datasources" / "longterm.yml").read_text())
+    (store,) = longterm["datasources"]
+    assert urllib.parse.urlsplit(store["url"]).netloc == "victoriametrics:8428"
+    assert_names_a_service("victoriametrics:8428", "long-term datasource")
+    assert store["uid"] != datasource["uid"]
     environment = SERVICES["grafana"]["environment"]
     password = environment["GF_SECURITY_ADMIN_PASSWORD__FILE"]
     assert password in {f"/run/secrets/{name}" for name in SERVICES["grafana"]["secrets"]}
