@@ -369,6 +369,9 @@ async def unreadable(tmp_path: Path) -> None:
     config = tmp_path / "sla.yml"
     config.write_text(SLA.format(url="http://127.0.0.1:9/"))
     exporter = Exporter("lonely", tmp_path, [str(server.make_url("/")), "http://127.0.0.1:9/"])
+    # And itself, by a name (as a compose alias or a headless Service names every replica): it
+    # knows itself among the addresses, even at start, before it answers.
+    exporter.peers.append(f"http://localhost:{exporter.port}")
     try:
         await exporter.start(config)
         await asyncio.sleep(3)
@@ -376,6 +379,7 @@ async def unreadable(tmp_path: Path) -> None:
         up = [line for line in metrics.splitlines() if line.startswith("sla_exporter_replica_up{")]
         assert len(up) == 2 and all(line.endswith(" 0.0") for line in up), up
         log = (tmp_path / "lonely.log").read_text()
+        assert "localhost" not in log, log
         assert log.count("not a months document: timezone: Field required") == 1, log
         assert log.count("http://127.0.0.1:9/ (127.0.0.1): ClientConnectorError") == 1, log
     finally:

@@ -401,6 +401,7 @@ async def serve(
         replica_interval=args.replica_interval,
         replica_auth=basic_auth_file(args.replica_auth_file) if args.replica_auth_file else None,
         replica_tls=ca_context(args.replica_ca_file) if args.replica_ca_file else None,
+        port=port,
     )
     file_limit = raise_file_limit()
     max_connections = web_connection_limit(

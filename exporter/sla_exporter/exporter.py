@@ -153,6 +153,7 @@ class Exporter:
         replica_interval: float = REPLICA_INTERVAL,
         replica_auth: tuple[str, str] | None = None,
         replica_tls: ssl.SSLContext | None = None,
+        port: int | None = None,
     ) -> None:
         self.config_path = config_path
         self.freeze_gc = freeze_gc
@@ -213,6 +214,7 @@ class Exporter:
                 auth=replica_auth,
                 tls=replica_tls,
                 on_read=lambda url, address, ok: replica_up.labels(url, address).set(int(ok)),
+                port=port,
             )
         self.scheduler = Scheduler(
             self._on_result,

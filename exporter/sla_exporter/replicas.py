@@ -111,7 +111,8 @@ def month_documents(entry: _Service) -> dict[str, MonthDocument]:
 class Peer:
     """Another replica, as given to --replica.peer: every address its name resolves to is read
     (a name that resolves to all replicas, e.g. a Kubernetes headless Service or a compose
-    network alias, names them all; this process recognises itself among them and skips it)."""
+    network alias, names them all; this process knows itself among them, by a local address on
+    its own port or by the token its answer carries, and skips it)."""
 
     url: str
     errors: dict[str, str] = field(default_factory=dict)  # address -> the last error, if any
@@ -144,8 +145,10 @@ class Replicas:
         auth: tuple[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
         on_read: Callable[[str, str, bool], None] = lambda url, address, ok: None,
+        port: int | None = None,
     ) -> None:
         self.peers = [Peer(url) for url in urls]
+        self.port = port  # the port this exporter listens on, to know itself among the peers
         self.ledger = ledger
         self.auth = auth
         self.tls = tls
@@ -174,6 +177,9 @@ class Replicas:
         except OSError as err:
             self._failed(peer, peer.host, f"cannot resolve {peer.host}: {err}")
             return []
+        for address in addresses:
+            if peer.port == self.port and address not in self.selves and _local(address):
+                self.selves.add(address)  # known before it answers: at start it does not yet
         documents = await asyncio.gather(
             *(self._read_one(session, peer, a) for a in addresses if a not in self.selves)
         )
@@ -254,6 +260,17 @@ class Replicas:
             await asyncio.sleep(0)  # probes due meanwhile start on time
         self.synced += 1
         return changed
+
+
+def _local(address: str) -> bool:
+    """Whether `address` is one of this machine's (it can be bound to)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def basic_auth_file(path: str) -> tuple[str, str]:
