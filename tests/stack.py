@@ -479,7 +479,7 @@ def running_ha_stack(workdir: Path) -> Iterator[HAStack]:
             "demo",
             [
                 *python,
-                "sla_exporter.demo",
+                "sla_demo",
                 *("--http-port", str(http_port), "--smtp-port", str(smtp_port)),
                 *("--receiver-port", str(receiver_port), "--ca-file", str(workdir / "ca.pem")),
                 *("--pages-file", str(workdir / "pages.log"), "--timezone", "Europe/Zurich"),

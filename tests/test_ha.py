@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from sla_exporter.ledger import phase
-from tests.stack import HAStack, http_get, running_ha_stack, wait_for
+from tests.helpers import wait_for
+from tests.stack import HAStack, http_get, running_ha_stack
 
 pytestmark = pytest.mark.slow
 

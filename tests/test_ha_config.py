@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from tests.stack import ROOT, tool
+from tests.helpers import tool
+from tests.stack import ROOT
 
 SHIPPED = ROOT / "prometheus" / "prometheus.yml"
 HA = ROOT / "prometheus" / "prometheus.ha.yml"

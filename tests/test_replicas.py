@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from sla_exporter.ledger import Ledger, Month, MonthDocument, Term, month_bounds, phase
-from tests.stack import free_port
+from tests.helpers import eventually, free_port
 
 # -------------------------------------------------------------------------------------------
 # The join, by hand
@@ -216,7 +216,7 @@ class Exporter:
             stderr=log,
         )
         log.close()
-        await eventually(self.ready, f"{self.name} ready")
+        await eventually(self.ready, f"{self.name} ready", timeout=30)
 
     async def ready(self) -> bool:
         try:
@@ -258,14 +258,6 @@ class Exporter:
             for a, b, up in months[max(months)]
             if a < until and b > since
         ]
-
-
-async def eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.2)
 
 
 async def at_mid_slot() -> None:
@@ -338,7 +330,7 @@ async def _killed_in_turn(exporters: dict[str, Exporter], target: Target, tmp_pa
 
     try:
         await eventually(same, "both replicas with the witness's runs", timeout=10)
-    except AssertionError:
+    except pytest.fail.Exception:
         shown = {e.name: await e.runs(begin, end) for e in (a, b, witness)}
         raise AssertionError(f"the runs from {begin} to {end} differ: {shown}") from None
     down = [(x, y) for x, y, up in await witness.runs(begin, end) if not up]
