@@ -5,7 +5,8 @@ VictoriaMetrics as the long-term store (tests/stack.py, running_ha_stack), plus 
 exporter on its own that nobody kills, the run without faults. During a real outage of the
 demo API, one Alertmanager, one Prometheus and one exporter replica are killed with SIGKILL and
 started again. On-call must get exactly one page and one resolve; the month must be the
-witness's, slot for slot; and the month in VictoriaMetrics must be the month in Prometheus.
+witness's, slot for slot; the month in VictoriaMetrics must be the month in Prometheus, for
+sla-report too; and an exporter whose ledger is lost resumes the month from VictoriaMetrics.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import pytest
 
 from sla_exporter.ledger import phase
-from tests.helpers import wait_for
-from tests.stack import HAStack, http_get, running_ha_stack
+from tests.helpers import free_port, wait_for
+from tests.stack import HAStack, Member, http_get, running_ha_stack
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +180,34 @@ def test_kill_9_of_one_of_each_during_an_outage_pages_once_resolves_once_and_los
     [prometheus_api] = [s for s in from_prometheus["services"] if s["service"] == "api"]
     assert store_api["figure"]["down_seconds"] == prometheus_api["figure"]["down_seconds"]
     assert store_api["figure"]["unknown_seconds"] == 0.0
+
+    # Every ledger of the location lost: a new exporter resumes the months from the store.
+    instance = ha.url("exporter-a").removeprefix("http://")
+    address = f"127.0.0.1:{free_port()}"
+    lost = Member(
+        "recovered",
+        [
+            sys.executable,
+            "-m",
+            "sla_exporter",
+            *("--config.file", str(ha.workdir / "sla.yml"), "--web.listen-address", address),
+            *("--storage.path", str(ha.workdir / "recovered.json")),
+            *("--storage.recover-from", ha.victoria),
+            *("--storage.recover-match", f'{{job="sla",instance="{instance}"}}'),
+        ],
+        f"http://{address}",
+    )
+    try:
+        lost.start(ha.workdir)
+        metrics = http_get(lost.url + "/metrics") or ""
+        resumed = {
+            line.split('state="')[1].split('"')[0]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("sla_month_seconds{") and 'sla_service="api"' in line
+        }
+        assert resumed["down"] == figures["victoria-metrics"]["down"], resumed
+    finally:
+        lost.stop()
     print(f"HA scenario: {time.monotonic() - started:.0f} s")
 
 
