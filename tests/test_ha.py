@@ -102,8 +102,8 @@ def test_kill_9_of_one_of_each_during_an_outage_pages_once_resolves_once_and_los
 
     mid_slot()
     ha.set_service("api", up=False)
-    # Before anything pages: the Alertmanager that would have sent the page goes. The other
-    # one pages, after its peer timeout.
+    # Before anything pages, one Alertmanager goes: the other pages (after its peer timeout,
+    # if the dead one came first in the cluster's order and was to send it).
     ha.members["am-a"].kill()
     wait_for(lambda: about_api(ha), "the page", timeout=60)
     # Then, with the alert firing: one Prometheus and one exporter replica.
