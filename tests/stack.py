@@ -469,6 +469,7 @@ def running_ha_stack(workdir: Path) -> Iterator[HAStack]:
     """Start the HA topology on loopback, wait until each member answers (and the Alertmanagers
     see each other), and stop it all afterwards."""
     http_port, smtp_port, receiver_port, vm_port = (free_port() for _ in range(4))
+    imap_port, dns_port = free_port(), free_port()  # the demo's mail services, unused here
     config = workdir / "sla.yml"
     config.write_text(HA_SLA.format(http_port=http_port))
     python = [sys.executable, "-m"]
@@ -481,6 +482,7 @@ def running_ha_stack(workdir: Path) -> Iterator[HAStack]:
                 *python,
                 "sla_demo",
                 *("--http-port", str(http_port), "--smtp-port", str(smtp_port)),
+                *("--imap-port", str(imap_port), "--dns-port", str(dns_port)),
                 *("--receiver-port", str(receiver_port), "--ca-file", str(workdir / "ca.pem")),
                 *("--pages-file", str(workdir / "pages.log"), "--timezone", "Europe/Zurich"),
             ],

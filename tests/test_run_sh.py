@@ -273,6 +273,8 @@ HA_PORTS = (
     "RECEIVER_PORT",
     "DEMO_HTTP_PORT",
     "DEMO_SMTP_PORT",
+    "DEMO_IMAP_PORT",
+    "DEMO_DNS_PORT",
 )
 
 
