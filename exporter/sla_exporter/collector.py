@@ -288,7 +288,7 @@ class ServiceCollector(Collector):
         w = out.writer
         sla = f'sla="{escape(config.sla.name)}",timezone="{escape(config.sla.timezone)}"'
         w(SLA_INFO)(sla, 1.0)
-        w(UNKNOWN)("", 1.0 if config.sla.unknown == "down" else 0.0)
+        out.sample(UNKNOWN, 1.0 if config.sla.unknown == "down" else 0.0)
         months = _Months(ledger, config, now, out, self.pooled()) if ledger is not None else None
 
         service_info, success, duration, phases = (

@@ -82,12 +82,13 @@ class Exposition:
         append, sample = self._pending[family].append, family.sample + suffix
 
         def write(labels: str, value: float) -> None:
-            if labels:
-                append(f"{sample}{{{labels}}} {number(value)}\n")
-            else:
-                append(f"{sample} {number(value)}\n")
+            append(f"{sample}{{{labels}}} {number(value)}\n")
 
         return write
+
+    def sample(self, family: Family, value: float) -> None:
+        """Write the one sample of a family without labels."""
+        self._pending[family].append(f"{family.sample} {number(value)}\n")
 
     def flush(self) -> None:
         for family, pending in self._pending.items():
