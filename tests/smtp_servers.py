@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +56,21 @@ class Mailbox:
         return "250 2.0.0 queued as probe-1"
 
 
+class CramMD5Mailbox(Mailbox):
+    """A Mailbox that also offers AUTH CRAM-MD5 (RFC 2195), which aiosmtpd leaves to handlers."""
+
+    CHALLENGE = b"<1896.697170952@mx.test>"
+
+    async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
+        answer = await server.challenge_auth(self.CHALLENGE)
+        if not isinstance(answer, bytes):
+            return AuthResult(success=False)
+        user, _, digest = answer.partition(b" ")
+        expected = hmac.new(PASSWORD.encode(), self.CHALLENGE, hashlib.md5).hexdigest()
+        valid = user == USER.encode() and hmac.compare_digest(digest, expected.encode())
+        return AuthResult(success=valid, handled=False)
+
+
 def _authenticator(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
 ) -> AuthResult:
@@ -70,9 +87,11 @@ async def aiosmtpd_server(
     *,
     starttls: ssl.SSLContext | None = None,
     implicit_tls: ssl.SSLContext | None = None,
+    auth_exclude: tuple[str, ...] = (),
 ) -> AsyncIterator[int]:
     """Serve aiosmtpd on 127.0.0.1 and a free port: STARTTLS required when `starttls` is given,
-    TLS from the first byte when `implicit_tls` is; yields the port."""
+    TLS from the first byte when `implicit_tls` is, without the AUTH mechanisms in
+    `auth_exclude`; yields the port."""
     loop = asyncio.get_running_loop()
 
     def session() -> SMTP:
@@ -84,6 +103,7 @@ async def aiosmtpd_server(
             authenticator=_authenticator,
             # aiosmtpd only knows about TLS it negotiated with STARTTLS itself.
             auth_require_tls=implicit_tls is None,
+            auth_exclude_mechanism=auth_exclude,
             loop=loop,
         )
 

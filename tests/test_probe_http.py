@@ -345,9 +345,9 @@ async def test_a_body_cut_short_of_its_content_length_is_a_protocol_failure() ->
     async with raw_server(short) as server:
         result = await check({"url": f"{server.url}/"})
     assert result.reason == Reason.PROTOCOL
-    assert (
-        result.message == "broken response body (peer closed connection without sending complete "
-        "message body (received 10 bytes, expected 100)) during transfer"
+    assert result.message == (
+        "broken response body (not enough data to satisfy content length header "
+        "(received 10 of 100 bytes)) during transfer"
     )
 
 

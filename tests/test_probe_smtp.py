@@ -17,6 +17,7 @@ from smtp_servers import (
     PASSWORD,
     UNKNOWN,
     USER,
+    CramMD5Mailbox,
     Echo,
     Mailbox,
     Script,
@@ -88,6 +89,37 @@ async def test_a_wrong_password_fails_with_reason_auth_and_the_server_code(
     assert result.reason == Reason.AUTH
     assert result.message.startswith("login refused: 535")
     assert result.status_code == 535
+
+
+async def test_auth_login_is_used_when_the_server_offers_no_other_mechanism(
+    mailbox: Mailbox, localhost_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    starttls = server_context(localhost_cert)
+    async with aiosmtpd_server(mailbox, starttls=starttls, auth_exclude=("PLAIN",)) as port:
+        config = {"tls": {"ca_file": ca_file}}
+        good = await run(smtp_probe(port, **config, auth=auth()))
+        wrong = await run(smtp_probe(port, **config, auth=auth("wrong")))
+
+    assert good.success, good.message
+    assert good.message == "SMTP dialogue ok: STARTTLS, AUTH LOGIN, QUIT"
+    assert wrong.reason == Reason.AUTH
+    assert wrong.message.startswith("login refused: 535")
+
+
+async def test_auth_cram_md5_is_preferred_when_offered_and_answers_the_challenge(
+    localhost_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    mailbox = CramMD5Mailbox()
+    async with aiosmtpd_server(mailbox, starttls=server_context(localhost_cert)) as port:
+        config = {"tls": {"ca_file": ca_file}}
+        good = await run(smtp_probe(port, **config, auth=auth()))
+        wrong = await run(smtp_probe(port, **config, auth=auth("wrong")))
+
+    assert good.success, good.message
+    assert good.message == "SMTP dialogue ok: STARTTLS, AUTH CRAM-MD5, QUIT"
+    assert wrong.reason == Reason.AUTH
+    assert wrong.message.startswith("login refused: 535")
+    assert wrong.status_code == 535
 
 
 async def test_the_password_never_appears_in_the_result_or_the_logs_when_auth_fails(

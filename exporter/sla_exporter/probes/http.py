@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
+import os
 import re
+import socket
 import ssl
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import urllib.request
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import regex
-from multidict import CIMultiDict
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.resolver import DefaultResolver
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import (
     Field,
     PlainValidator,
@@ -41,7 +50,6 @@ from ..values import (
 )
 from ..values import URL as URLValue
 from .base import Kind, ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
-from .http1 import Response, exchange
 from .tls import client_context, observing
 
 USER_AGENT = f"sla-exporter/{__version__}"
@@ -258,7 +266,7 @@ def failures(trace: Trace, secrets: Collection[str]) -> Iterator[None]:
             failure.reason, mask(failure.message, secrets), failure.status_code
         ) from failure
     except Exception as exc:
-        known = network_failure(exc, trace)
+        known = _library_failure(exc, trace)
         if known is None:
             raise
         raise ProbeFailed(known.reason, mask(known.message, secrets), known.status_code) from exc
@@ -268,43 +276,192 @@ def failures(trace: Trace, secrets: Collection[str]) -> Iterator[None]:
 # The client
 
 
+@dataclass(frozen=True)
+class Response:
+    """A response with its body read (and decoded) up to max_body_bytes."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    charset: str | None
+    too_large: int | None = None  # bytes known to exist when the body exceeded the limit
+
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def content_encoding(self) -> str:
+        """The response's Content-Encoding, lower case; "identity" when it has none."""
+        return self.headers.get("Content-Encoding", "").strip().lower() or "identity"
+
+
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-MAX_REDIRECTS = 10  # the 10th redirect in a row fails the probe, as with aiohttp before
+MAX_REDIRECTS = 10  # the 10th redirect in a row fails the probe, as with aiohttp's own limit
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# No deadline of aiohttp's own (its default is 5 minutes): the runner's timeout is the only one,
+# and it names the phase it cut off.
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
+
+IPProtocol = Literal["ip4", "ip6"]
+_FAMILIES: dict[IPProtocol, socket.AddressFamily] = {
+    "ip4": socket.AF_INET,
+    "ip6": socket.AF_INET6,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a probe's requests reach the server: a proxy, and which IP family to connect over."""
+
+    proxy: str | None = None  # an http:// or https:// proxy URL, credentials revealed
+    proxy_from_environment: bool = False  # HTTP_PROXY, HTTPS_PROXY, NO_PROXY when proxy is None
+    preferred_ip_protocol: IPProtocol | None = None  # None: every address, Happy Eyeballs
+    ip_protocol_fallback: bool = True  # use the other family when the name has none of this one
+
+    def proxy_for(self, url: URL) -> str | None:
+        """The proxy a request to `url` goes through, if any."""
+        if self.proxy is not None or not self.proxy_from_environment:
+            return self.proxy
+        # The standard library's reading of the usual variables (what aiohttp's trust_env reads
+        # too, in a thread per request, with ~/.netrc: a file read the probe does not need).
+        proxies = urllib.request.getproxies_environment()
+        host = url.raw_host
+        # proxy_bypass_environment reads NO_PROXY; it is in every CPython, not in typeshed.
+        if host is None or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+            return None
+        return proxies.get(url.scheme)
+
+
+class _FamilyResolver(AbstractResolver):
+    """aiohttp's resolver, keeping the addresses of one IP family when the name has any, as
+    blackbox_exporter's preferred_ip_protocol and ip_protocol_fallback do."""
+
+    def __init__(self, preferred: IPProtocol, fallback: bool) -> None:
+        self._resolver = DefaultResolver()
+        self._preferred = preferred
+        self._family = _FAMILIES[preferred]
+        self._fallback = fallback
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family=socket.AF_UNSPEC)
+        wanted = [address for address in found if address["family"] == self._family]
+        if wanted:
+            return wanted
+        if self._fallback:
+            return found
+        version = "IPv4" if self._preferred == "ip4" else "IPv6"
+        raise socket.gaierror(
+            socket.EAI_NONAME, f"no {version} address (ip_protocol_fallback is false)"
+        )
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+# One connector per event loop and IP family policy, shared by every probe on that loop: it
+# pools nothing (force_close: each request has its own connection, closed after its response,
+# so a kept-alive connection cannot hide a failing connect or handshake) and so holds no state
+# between probes; what it saves is building it, its resolver and its bookkeeping per probe.
+_connectors: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[IPProtocol | None, bool], aiohttp.TCPConnector]
+] = weakref.WeakKeyDictionary()
+
+
+def _connector(route: Route) -> aiohttp.TCPConnector:
+    per_loop = _connectors.setdefault(asyncio.get_running_loop(), {})
+    key = (route.preferred_ip_protocol, route.ip_protocol_fallback)
+    connector = per_loop.get(key)
+    if connector is None or connector.closed:
+        resolver = None
+        if route.preferred_ip_protocol is not None:
+            resolver = _FamilyResolver(route.preferred_ip_protocol, route.ip_protocol_fallback)
+        connector = aiohttp.TCPConnector(
+            force_close=True,
+            limit=0,  # the scheduler's concurrency cap is the only one
+            use_dns_cache=False,  # every probe resolves the name, as a new visitor would
+            resolver=resolver,
+        )
+        per_loop[key] = connector
+    return connector
+
+
+def _on(phase: str) -> Callable[[aiohttp.ClientSession, SimpleNamespace, Any], Awaitable[None]]:
+    async def hook(session: aiohttp.ClientSession, context: SimpleNamespace, params: Any) -> None:
+        trace: Trace = context.trace_request_ctx
+        trace.enter(phase)
+
+    return hook
+
+
+# The phases from aiohttp's tracing signals; the trace of each request is its trace_request_ctx.
+# The TLS handshake happens inside aiohttp's connection creation, between the signals: its start
+# (TCP connected) is seen by the shared SSL context (tls.py), which asyncio's and uvloop's TLS
+# transports call to build each connection's TLS object.
+_TRACING = aiohttp.TraceConfig()
+_TRACING.on_request_start.append(_on("connect"))
+_TRACING.on_dns_resolvehost_start.append(_on("dns"))
+_TRACING.on_dns_resolvehost_end.append(_on("connect"))
+_TRACING.on_connection_create_end.append(_on("first_byte"))
+_TRACING.freeze()
 
 
 class Client:
-    """One probe run's HTTP client: a fresh connection per request, one cookie jar, phases traced.
+    """One probe run's HTTP client: aiohttp's, with a fresh connection per request, one cookie
+    jar for the run, and the phases traced.
 
     Phases go to `trace` as they happen, so a timeout names the phase it cut off:
-      connect     request start to TCP connected (DNS excluded; includes a redirect's hop)
+      connect     request start to TCP connected (DNS excluded; includes a redirect's hop and,
+                  through a proxy, connecting to it and its answer to CONNECT)
       dns         host name resolution (absent for IP literals)
       tls         handshake, from the socket being connected to the TLS session being up
       first_byte  connection up to response headers, writing the request included
-      transfer    reading the body (and checking it)
+      transfer    reading the body (and decoding it)
     Several requests (steps, redirects, a test SMS) add to the same phase names.
     """
 
-    def __init__(self, trace: Trace, tls: TLS, max_body_bytes: int) -> None:
+    def __init__(self, trace: Trace, tls: TLS, max_body_bytes: int, route: Route = Route()) -> None:
         self._trace = trace
         self._max_body_bytes = max_body_bytes
         self._tls = tls
-        self._cookies: aiohttp.CookieJar | None = None  # made when a server first sets one
+        self._route = route
         self._observing: contextlib.AbstractContextManager[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
         self._observing = observing(self)
         self._observing.__enter__()
+        self._session = aiohttp.ClientSession(
+            connector=_connector(self._route),
+            connector_owner=False,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: keep cookies of IP hosts too
+            trace_configs=[_TRACING],
+            timeout=_NO_TIMEOUT,
+        )
+        # aiohttp resends an idempotent request once when its connection drops before the
+        # response (RFC 9112 9.3.1, meant for kept-alive connections); a probe must report that
+        # drop, not hide it behind a second connection. There is no public switch.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._observing is not None:
-            self._observing.__exit__(None, None, None)
+        try:
+            if self._session is not None:
+                await self._session.close()
+        finally:
+            if self._observing is not None:
+                self._observing.__exit__(None, None, None)
 
     def tls_started(self, tls: ssl.SSLObject) -> None:
         self._trace.enter("tls")
 
     def tls_done(self, tls: ssl.SSLObject) -> None:
+        # Read at the handshake, from its own TLS object: a response that fails afterwards still
+        # reports the certificate it came with.
         expiry = certificate_expiry(tls)
         if expiry is not None:
             self._trace.saw_certificate(expiry)
@@ -313,9 +470,10 @@ class Client:
         """Send `request`, following redirects if it says so, and read the final body up to
         max_body_bytes (one byte more tells that it was longer)."""
         url = URL(request.url)
-        method, headers, body = request.method, CIMultiDict(request.headers), _body(request)
+        method, headers = request.method, CIMultiDict(request.headers)
+        data, json_body = request.data, request.json
         for _ in range(MAX_REDIRECTS):
-            response = await self._send(method, url, headers, body)
+            response = await self._send(method, url, headers, data, json_body)
             if request.follow_redirects == "none" or response.status not in REDIRECTS:
                 return response
             location = response.headers.get("Location")
@@ -338,7 +496,7 @@ class Client:
             if (response.status == 303 and method != "HEAD") or (
                 response.status in (301, 302) and method == "POST"
             ):
-                method, body = "GET", None
+                method, data, json_body = "GET", None, None
                 for name in ("Content-Type", "Content-Length"):
                     headers.popall(name, None)
             if target.origin() != url.origin():
@@ -351,42 +509,52 @@ class Client:
         )
 
     async def _send(
-        self, method: str, url: URL, headers: CIMultiDict[str], body: tuple[bytes, str] | None
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: str | Mapping[str, str] | None,
+        json_body: Any,
     ) -> Response:
-        self._trace.enter("connect")
-        host = url.raw_host or ""
-        port = url.port or _DEFAULT_PORTS[url.scheme]
-        tls = None
+        assert self._session is not None, "use Client as an async context manager"
+        trace, limit = self._trace, self._max_body_bytes
+        context: ssl.SSLContext | bool = True
         if url.scheme == "https":
-            tls = client_context(self._tls)
-        cookie = self._cookie_header(url)
-        response = await exchange(
-            self._trace,
-            host,
-            port,
-            _wire(method, url, headers, body, cookie),
-            tls,
-            self._tls.server_name,
-            self._max_body_bytes,
-        )
-        if "Set-Cookie" in response.headers:
-            self._keep_cookies(url, response.headers.getall("Set-Cookie"))
-        return response
-
-    def _cookie_header(self, url: URL) -> str | None:
-        if self._cookies is None:
-            return None
-        found = self._cookies.filter_cookies(url)
-        return "; ".join(f"{name}={morsel.coded_value}" for name, morsel in found.items()) or None
-
-    def _keep_cookies(self, url: URL, headers: list[str]) -> None:
-        if self._cookies is None:
-            self._cookies = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies of IP hosts
-        cookies: SimpleCookie = SimpleCookie()
-        for header in headers:
-            with contextlib.suppress(CookieError):  # a malformed cookie is ignored, as browsers do
-                cookies.load(header)
-        self._cookies.update_cookies(cookies, url)
+            context = client_context(self._tls)
+        async with self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=data if not isinstance(data, Mapping) else dict(data),
+            json=json_body,
+            allow_redirects=False,  # followed by fetch(), by the service's own policy
+            ssl=context,
+            server_hostname=self._tls.server_name,
+            proxy=self._route.proxy_for(url),
+            trace_request_ctx=trace,
+        ) as response:
+            trace.enter("transfer")
+            trace.status_code = response.status
+            headers_in = response.headers
+            bodiless = method == "HEAD" or response.status in (204, 304)
+            declared = None if bodiless else response.content_length
+            # A compressed body's declared length is not the length the limit is about.
+            encoded = headers_in.get("Content-Encoding", "identity").strip().lower()
+            if declared is not None and declared > limit and encoded == "identity":
+                trace.settle()
+                response.close()  # refused before reading any of it
+                return Response(response.status, headers_in, b"", None, too_large=declared)
+            # Read (and decode: aiohttp inflates as much as is asked for, not the whole bomb)
+            # one byte past the limit at most, then drop the connection.
+            body = bytearray()
+            while chunk := await response.content.read(limit + 1 - len(body)):
+                body += chunk
+                if len(body) > limit:
+                    trace.settle()
+                    response.close()
+                    return Response(response.status, headers_in, b"", None, too_large=len(body))
+            trace.settle()  # the last byte that counts arrived: the probe's clock stops here
+            return Response(response.status, headers_in, bytes(body), response.charset)
 
 
 # Header names that carry credentials whatever their value: the standard ones, and the words
@@ -409,45 +577,60 @@ def _drop_credentials(headers: CIMultiDict[str], secrets: Collection[str]) -> No
             headers.popall(name)
 
 
-def _body(request: Request) -> tuple[bytes, str] | None:
-    """The request body and its content type, as aiohttp would have encoded them."""
-    if request.json is not None:
-        return json.dumps(request.json).encode(), "application/json"
-    if isinstance(request.data, str):
-        return request.data.encode(), "text/plain; charset=utf-8"
-    if request.data is not None:
-        return urlencode(list(request.data.items())).encode(), "application/x-www-form-urlencoded"
-    return None
+# What aiohttp raises, as reasons and messages; socket and TLS errors go to network_failure.
+def _library_failure(exc: BaseException, trace: Trace) -> ProbeFailed | None:
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        known = network_failure(exc.os_error, trace)
+        detail = known.message if known is not None else str(exc.os_error)
+        return ProbeFailed(Reason.CONNECT, f"cannot reach the proxy: {detail}")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        reason = Reason.AUTH if exc.status == 407 else Reason.CONNECT
+        return ProbeFailed(reason, f"the proxy refused to connect: status {exc.status}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        error = exc.os_error
+        return ProbeFailed(Reason.DNS, f"cannot resolve {exc.host}: {error.strerror or error}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return network_failure(exc.certificate_error, trace)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return network_failure(exc.os_error, trace)  # refused, unreachable, a TLS error
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {trace.phase}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ProbeFailed(
+            Reason.PROTOCOL, f"broken response body ({_payload_detail(exc)}) during {trace.phase}"
+        )
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProbeFailed(Reason.PROTOCOL, f"invalid HTTP response: {_parser_text(exc.message)}")
+    if isinstance(exc, aiohttp.ClientOSError):
+        # A reset, a TLS record that does not decrypt: aiohttp keeps the OS error as the cause
+        # (or only its errno).
+        cause: OSError = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        if cause is exc and exc.errno is not None:
+            kind = ConnectionResetError if exc.errno == errno.ECONNRESET else OSError
+            cause = kind(exc.errno, os.strerror(exc.errno))
+        return network_failure(cause, trace)
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return ProbeFailed(Reason.PROTOCOL, f"connection lost during {trace.phase}")
+    return network_failure(exc, trace)
 
 
-def _wire(
-    method: str,
-    url: URL,
-    configured: CIMultiDict[str],
-    body: tuple[bytes, str] | None,
-    cookie: str | None,
-) -> tuple[str, str, list[tuple[str, str]], bytes]:
-    """Method, target, headers and body of the request; configured headers win over ours."""
-    headers: CIMultiDict[str] = CIMultiDict(
-        {
-            "Host": url.host_port_subcomponent or "",
-            "Accept": "*/*",
-            "Accept-Encoding": "gzip, deflate",
-        }
-    )
-    headers.update(configured)
-    content = b""
-    if body is not None:
-        content, content_type = body
-        headers.setdefault("Content-Type", content_type)
-        headers["Content-Length"] = str(len(content))
-    elif method in ("POST", "PUT", "PATCH"):
-        headers.setdefault("Content-Length", "0")
-    if cookie is not None:
-        existing = headers.get("Cookie")
-        headers["Cookie"] = f"{existing}; {cookie}" if existing else cookie
-    headers["Connection"] = "close"  # one request per connection, and the server knows it
-    return method, url.raw_path_qs or "/", list(headers.items()), content
+def _payload_detail(exc: aiohttp.ClientPayloadError) -> str:
+    """What aiohttp says is wrong with a body: the message of the parser error it wraps."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    for error in (cause, *exc.args):
+        if isinstance(error, HttpProcessingError):
+            text = error.message
+            break
+    else:
+        text = str(exc)
+    text = _parser_text(text)
+    return text[:1].lower() + text[1:].rstrip(".")
+
+
+def _parser_text(text: str) -> str:
+    """aiohttp's parser message on one line: without the caret line under the bytes it quotes."""
+    lines = (line.strip() for line in text.splitlines())
+    return bounded(" ".join(line for line in lines if line.strip("^ ")), 120)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from .http import (
     Client,
     Expect,
     Request,
+    Response,
     check_body,
     check_status,
     describe,
@@ -22,7 +23,6 @@ from .http import (
     secret_values,
     wire_headers,
 )
-from .http1 import Response
 
 __all__ = ["KIND", "SMSGatewayProbe", "SMSSendTest", "gateway_error", "probe"]
 

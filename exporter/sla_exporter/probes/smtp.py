@@ -1,27 +1,44 @@
 """The smtp probe kind: banner, EHLO, STARTTLS or implicit TLS, AUTH, a test message, QUIT.
 
-The dialogue is spoken directly over a probe connection (wire.py): a probe sends a handful of
-commands and checks each reply's code, which is less than an SMTP client library does for every
-command it sends, and costs a fraction of its CPU time (bench/RESULTS.md).
+The dialogue is aiosmtplib's (reply parsing and its bounds, STARTTLS on the event loop's own TLS
+transport, the AUTH encodings); the probe opens the connection itself, so that resolving,
+connecting and the banner are timed apart, and turns what aiosmtplib raises into reasons.
+`session()` is the part a submission needs (connect, greet, STARTTLS, AUTH), for other probes
+that send mail through a server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
-import hashlib
-import hmac
-import re
 import socket
 import ssl
-import time
-from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
+import aiohappyeyeballs
+import aiosmtplib
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPConnectResponseError,
+    SMTPDataError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from aiosmtplib.auth import auth_crammd5_verify, auth_plain_encode
+from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -33,9 +50,8 @@ from pydantic import (
 )
 
 from ..values import TLS, Model, Port, custom, reveal, show
-from .base import Kind, ProbeFailed, Reason, Trace, bounded, certificate_expiry
+from .base import Kind, ProbeFailed, Reason, Trace, bounded, certificate_expiry, network_failure
 from .tls import client_context, observing
-from .wire import Connection, connect
 
 # --------------------------------------------------------------------------------------------
 # Config: the `smtp:` section of a service
@@ -118,276 +134,219 @@ class SMTPProbe(Model):
 
 
 SERVER_TEXT = 120  # characters of a server reply quoted in a failure message
-MAX_LINE = 8192  # bytes of one reply line before the reply counts as garbage
-# Bytes of one whole reply, every line of it: a server streaming "250-..." lines for the whole
-# timeout took the exporter from 65 MB to 1.17 GB in one probe. The longest real replies (EHLO
-# listing every extension) are well under 1 KiB.
-MAX_REPLY = 64 * 1024
+# Bytes of one whole reply, every line of it (aiosmtplib's bound, 8 KiB a line, 32 KiB in all):
+# a server streaming "250-..." lines for the whole timeout took the exporter from 65 MB to
+# 1.17 GB in one probe. The longest real replies (EHLO listing every extension) are well under
+# 1 KiB.
+MAX_REPLY = MAX_RESPONSE_LENGTH
 AUTH_MECHANISMS = ("cram-md5", "plain", "login")  # in order of preference, as aiosmtplib's
-_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?")
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds before trying a name's next address (RFC 8305, as aiohttp)
+
+# The command each phase sends, to name it in a refusal.
+_COMMANDS = {"ehlo": "EHLO", "starttls": "STARTTLS", "auth": "AUTH", "quit": "QUIT"}
 
 
-class Refused(ProbeFailed):
-    """A reply with a code other than the one the dialogue needs."""
+class Server(Protocol):
+    """What opening a session needs to know of the server (an smtp probe's config has it)."""
 
-    def __init__(self, command: str, code: int, text: str) -> None:
-        super().__init__(
-            Reason.SMTP_REPLY, f"{command} refused: {code} {bounded(text, SERVER_TEXT)}", code
-        )
-        self.code = code
-        self.text = text
+    @property
+    def host(self) -> str: ...
+    @property
+    def effective_port(self) -> int: ...
+    @property
+    def implicit_tls(self) -> bool: ...
+    @property
+    def effective_starttls(self) -> StartTLS: ...
+    @property
+    def ehlo_name(self) -> str: ...
+    @property
+    def tls(self) -> TLS: ...
+    @property
+    def auth(self) -> SMTPAuth | None: ...
 
 
-class _Replies:
-    """Reads SMTP replies off a connection (a wire.Receiver) as they arrive."""
+@dataclass
+class Session:
+    """An SMTP session that `session()` opened: aiosmtplib's client, and what was done so far."""
 
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
-        self._buffer = bytearray()
-        self._lines: list[str] = []  # the lines of the reply being read
-        self._size = 0  # bytes of the reply being read so far
-        self._ready: deque[tuple[int, str, float] | BaseException] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._broken = False  # the dialogue failed: whatever else comes is dropped unread
-        # Every form of a secret the probe sent (the password, base64 tokens): a server that
-        # echoes a command back must not put them in a message, a log or the landing page.
-        self.secrets: list[str] = []
-
-    def data_received(self, data: bytes) -> None:
-        if self._broken:
-            return
-        self._buffer += data
-        while not self._broken and (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
-            del self._buffer[: end + 1]
-            self._line(line)
-        if not self._broken and len(self._buffer) > MAX_LINE:
-            self._put(self._garbage(bytes(self._buffer[:200])))
-        if self._broken:
-            self._buffer.clear()
-            self._lines.clear()
-
-    def _line(self, line: bytes) -> None:
-        match = _REPLY_LINE.fullmatch(line)
-        if match is None:
-            self._put(self._garbage(line))
-            return
-        self._size += len(line) + 2
-        if self._size > MAX_REPLY:
-            self._put(
-                ProbeFailed(
-                    Reason.PROTOCOL,
-                    f"reply longer than {MAX_REPLY} bytes during {self.trace.phase} "
-                    f"({len(self._lines) + 1} lines, code {match[1].decode()})",
-                )
-            )
-            return
-        self._lines.append((match[3] or b"").decode("utf-8", "replace"))
-        if match[2] != b"-":  # "250 text" or "250" ends the reply; "250-text" goes on
-            text, self._lines, self._size = self.mask("\n".join(self._lines)), [], 0
-            self._put((int(match[1]), text, time.perf_counter()))
+    smtp: aiosmtplib.SMTP
+    trace: Trace
+    steps: list[str] = field(default_factory=list)  # "TLS", "STARTTLS", "AUTH PLAIN" ...
+    encrypted: bool = False
+    # Every form of a secret the session sent (the password, base64 tokens): a server that
+    # echoes a command back must not put them in a message, a log or the landing page.
+    secrets: list[str] = field(default_factory=list)
 
     def mask(self, text: str) -> str:
-        """`text` with every secret form the probe sent replaced by ***, longest first."""
+        """`text` with every secret form the session sent replaced by ***, longest first."""
         for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
 
-    def _garbage(self, line: bytes) -> ProbeFailed:
-        text = bounded(self.mask(line.decode("utf-8", "replace")), SERVER_TEXT)
-        return ProbeFailed(Reason.PROTOCOL, f"not an SMTP reply during {self.trace.phase}: {text}")
 
-    def eof_received(self) -> None:
-        phase = self.trace.phase
-        self._put(ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {phase}"))
+@contextlib.asynccontextmanager
+async def session(server: Server, trace: Trace) -> AsyncIterator[Session]:
+    """A session ready for MAIL FROM: connected (phases dns, connect, tls), greeted (banner,
+    ehlo), upgraded by STARTTLS as `server` asks (starttls, ehlo), logged in if it has `auth`.
 
-    def connection_lost(self, exc: BaseException) -> None:
-        self._put(exc)
+    Inside the block and out of it, aiosmtplib's errors end as ProbeFailed with their reason and
+    no secret in their message; the connection is closed on the way out.
+    """
+    starttls = server.effective_starttls  # always "off" with implicit_tls (config checks)
+    server_name = server.tls.server_name or server.host
+    context = None
+    if server.implicit_tls or starttls != "off":
+        context = client_context(server.tls)
+    # local_hostname is explicit so aiosmtplib never calls the blocking socket.getfqdn();
+    # start_tls=False so it never upgrades (or skips upgrading) behind the probe's back; no
+    # timeout of its own: the runner's deadline is the only one, and it names the phase it cut.
+    smtp = aiosmtplib.SMTP(
+        hostname=server_name,  # with `sock`, used only as the TLS server name
+        local_hostname=server.ehlo_name,
+        timeout=None,
+        use_tls=server.implicit_tls,
+        start_tls=False,
+        tls_context=context,
+    )
+    current = Session(smtp, trace, encrypted=server.implicit_tls)
+    try:
+        with _failures(current), observing(_Handshakes(trace)):
+            sock = await _connect(server.host, server.effective_port, trace)
+            # With implicit TLS the handshake hook moves the phase on to "banner" once TLS is up.
+            trace.enter("tls" if server.implicit_tls else "banner")
+            try:
+                await smtp.connect(sock=sock)
+            except BaseException:
+                sock.close()  # a no-op once a transport owns it and closed it
+                raise
+            if server.implicit_tls:
+                current.steps.append("TLS")
 
-    def _put(self, item: tuple[int, str, float] | BaseException) -> None:
-        if isinstance(item, BaseException):
-            self._broken = True
-        self._ready.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            trace.enter("ehlo")
+            await smtp.ehlo()
 
-    async def reply(self) -> tuple[int, str, float]:
-        """The next reply: code, text (lines joined by newlines) and when it arrived."""
-        while not self._ready:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        item = self._ready.popleft()
-        if isinstance(item, BaseException):
-            self._ready.appendleft(item)  # every later read fails the same way
-            raise item
-        self.trace.status_code = item[0]
-        return item
+            if starttls != "off":
+                if smtp.supports_extension("starttls"):
+                    assert context is not None
+                    trace.enter("starttls")
+                    await smtp.starttls(server_hostname=server_name, tls_context=context)
+                    trace.enter("ehlo")  # RFC 3207 4.2: forget what was said before TLS, ask again
+                    await smtp.ehlo()
+                    current.steps.append("STARTTLS")
+                    current.encrypted = True
+                elif starttls == "required":
+                    raise ProbeFailed(Reason.STARTTLS, "server does not offer STARTTLS")
+                else:
+                    current.steps.append("STARTTLS not offered")
 
-
-class _Session:
-    """One dialogue: commands out, replies in, extensions as the last EHLO listed them."""
-
-    def __init__(self, connection: Connection, trace: Trace) -> None:
-        self.connection = connection
-        self.trace = trace
-        self.replies = _Replies(trace)
-        self.extensions: dict[str, str] = {}
-        self.last = 0.0  # when the last reply the dialogue accepted arrived
-        connection.receive(self.replies)
-
-    async def command(self, line: str, expect: tuple[int, ...], name: str) -> tuple[int, str]:
-        """Send `line` (without CRLF) and read the reply, which must have a code in `expect`."""
-        self.connection.write(line.encode() + b"\r\n")
-        return await self.expect(expect, name)
-
-    async def expect(self, codes: tuple[int, ...], name: str) -> tuple[int, str]:
-        code, text, arrived = await self.replies.reply()
-        if code not in codes:
-            raise Refused(name, code, text)
-        self.last = arrived
-        return code, text
-
-    async def ehlo(self, name: str, sent: bool = False) -> None:
-        """EHLO (unless it was `sent` already) and the extensions its reply lists."""
-        if not sent:
-            self.connection.write(f"EHLO {name}\r\n".encode())
-        _, text = await self.expect((250,), "EHLO")
-        self.extensions = {}
-        for line in text.split("\n")[1:]:  # the first line is the server's greeting
-            keyword, _, params = line.strip().partition(" ")
-            keyword = keyword.lower()
-            if keyword.startswith("auth="):  # the obsolete form some servers still send
-                keyword, params = "auth", f"{keyword[5:]} {params}"
-            self.extensions[keyword] = f"{self.extensions.get(keyword, '')} {params}".strip()
-
-    @property
-    def auth_methods(self) -> list[str]:
-        return self.extensions.get("auth", "").lower().split()
+            if server.auth is not None:
+                trace.enter("auth")
+                current.steps.append(await _login(current, server.auth))
+            yield current
+    finally:
+        smtp.close()
 
 
 async def probe(config: SMTPProbe, trace: Trace) -> str:
     """Walk one SMTP dialogue over a fresh connection; return what was checked."""
-    starttls = config.effective_starttls  # always "off" with implicit_tls (config checks)
-    server_name = config.tls.server_name or config.host
-    context = None
-    if config.implicit_tls or starttls != "off":
-        context = client_context(config.tls)
+    async with session(config, trace) as current:
+        if config.send is not None:
+            trace.enter("send")
+            await _send(current.smtp, config)
+            count = len(config.send.to)
+            plural = "s" if count != 1 else ""
+            current.steps.append(f"message accepted for {count} recipient{plural}")
+
+        trace.enter("quit")
+        reply = await current.smtp.quit()
+        trace.status_code = reply.code
+        trace.settle()  # the clock stops when the last reply came in
+        current.steps.append("QUIT")
+    return f"SMTP dialogue ok: {', '.join(current.steps)}"
+
+
+async def _connect(host: str, port: int, trace: Trace) -> socket.socket:
+    """A socket connected to `host`, resolving it unless it is an IP address (phase dns), and
+    trying its addresses Happy Eyeballs fashion when it has several (phase connect), with
+    aiohappyeyeballs, as aiohttp connects."""
     trace.enter("connect")
-    connection = await connect(config.host, config.effective_port, trace)
-    steps: list[str] = []
-    encrypted = config.implicit_tls
-    with observing(_Handshakes(trace)):
+    try:
+        # An IP address needs no resolver, nor the trip through a thread that asking one costs.
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        trace.enter("dns")
+        loop = asyncio.get_running_loop()
         try:
-            session = _Session(connection, trace)
-            if config.implicit_tls:
-                assert context is not None
-                # The handshake hook moves the phase on to "banner" once TLS is up.
-                trace.enter("tls")
-                await connection.tls(context, server_name)
-                steps.append("TLS")
-            else:
-                trace.enter("banner")
-            code, text, _ = await session.replies.reply()
-            if code != 220:
-                raise ProbeFailed(
-                    Reason.SMTP_REPLY,
-                    f"server greeted with {code} instead of 220: {bounded(text, SERVER_TEXT)}",
-                    code,
-                )
-
-            trace.enter("ehlo")
-            await session.ehlo(config.ehlo_name)
-
-            if starttls != "off":
-                if "starttls" in session.extensions:
-                    assert context is not None
-                    trace.enter("starttls")
-                    await session.command("STARTTLS", (220,), "STARTTLS")
-                    # RFC 3207 4.2: forget what was said before TLS and ask again, at once.
-                    ehlo = f"EHLO {config.ehlo_name}\r\n".encode()
-                    await connection.tls(context, server_name, then=ehlo)
-                    trace.enter("ehlo")
-                    await session.ehlo(config.ehlo_name, sent=True)
-                    steps.append("STARTTLS")
-                    encrypted = True
-                elif starttls == "required":
-                    raise ProbeFailed(Reason.STARTTLS, "server does not offer STARTTLS")
-                else:
-                    steps.append("STARTTLS not offered")
-
-            if config.auth is not None:
-                trace.enter("auth")
-                steps.append(await _login(session, config, encrypted))
-
-            if config.send is not None:
-                trace.enter("send")
-                await _send(session, config)
-                count = len(config.send.to)
-                plural = "s" if count != 1 else ""
-                steps.append(f"message accepted for {count} recipient{plural}")
-
-            trace.enter("quit")
-            await session.command("QUIT", (221,), "QUIT")
-            trace.settle(session.last)  # the clock stops when the last reply came in
-            steps.append("QUIT")
-        finally:
-            connection.close()
-    return f"SMTP dialogue ok: {', '.join(steps)}"
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise ProbeFailed(Reason.DNS, f"cannot resolve {host}: {err.strerror or err}") from err
+        trace.enter("connect")
+    return await aiohappyeyeballs.start_connection(
+        infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
+    )
 
 
-async def _login(session: _Session, config: SMTPProbe, encrypted: bool) -> str:
+async def _login(current: Session, auth: SMTPAuth) -> str:
     """AUTH once with the preferred mechanism; never spray a refused password across others."""
-    assert config.auth is not None
-    if "auth" not in session.extensions:
-        where = "" if encrypted else " without TLS"
+    smtp = current.smtp
+    if not smtp.supports_extension("auth"):
+        where = "" if current.encrypted else " without TLS"
         raise ProbeFailed(Reason.AUTH, f"server does not offer AUTH{where}")
-    if not encrypted:
+    if not current.encrypted:
         # An AUTH PLAIN or LOGIN line on a plain connection is the password in clear text.
         raise ProbeFailed(Reason.AUTH, "refusing to send credentials without TLS")
-    offered = session.auth_methods
+    offered = smtp.server_auth_methods
     usable = [m for m in AUTH_MECHANISMS if m in offered]
     if not usable:
         shown = bounded(" ".join(offered) or "none", 60)
         raise ProbeFailed(Reason.AUTH, f"no supported AUTH mechanism offered (offered: {shown})")
     mechanism = usable[0]
-    user = config.auth.username
-    password = reveal(config.auth.password) or ""
-    secrets = session.replies.secrets
+    user = auth.username
+    password = reveal(auth.password) or ""
     # Masked from every reply from now on, before it is cut to length (so no prefix of a
     # secret survives either): the password, and the base64 forms that carry it.
-    secrets += [s for s in (password, _b64(password)) if s]
+    current.secrets += [s for s in (password, _b64(password)) if s]
     try:
         if mechanism == "plain":
-            token = _b64(f"\0{user}\0{password}")
-            secrets.append(token)
-            await session.command(f"AUTH PLAIN {token}", (235,), "AUTH")
+            current.secrets.append(auth_plain_encode(user, password).decode("ascii"))
+            await smtp.auth_plain(user, password)
         elif mechanism == "login":
-            await session.command(f"AUTH LOGIN {_b64(user)}", (334,), "AUTH")
-            await session.command(_b64(password), (235,), "AUTH")
+            # The password's own base64 form, masked above, is its second line.
+            await smtp.auth_login(user, password)
         else:
-            _, challenge = await session.command("AUTH CRAM-MD5", (334,), "AUTH")
-            digest = hmac.new(
-                password.encode(), base64.b64decode(challenge.strip()), hashlib.md5
-            ).hexdigest()
-            response = _b64(f"{user} {digest}")
-            secrets += [digest, response]  # replayable while the server reuses its challenge
-            await session.command(response, (235,), "AUTH")
-    except Refused as refused:
+            await _cram_md5(current, user, password)
+    except SMTPAuthenticationError as refused:
         raise ProbeFailed(
             Reason.AUTH,
-            f"login refused: {refused.code} {bounded(refused.text, SERVER_TEXT)}",
+            f"login refused: {refused.code} {bounded(current.mask(refused.message), SERVER_TEXT)}",
             status_code=refused.code,
         ) from None
-    except ValueError:  # a CRAM-MD5 challenge that is not base64
-        raise ProbeFailed(Reason.PROTOCOL, "not an SMTP reply during auth: bad challenge") from None
     return f"AUTH {mechanism.upper()}"
+
+
+async def _cram_md5(current: Session, user: str, password: str) -> None:
+    """AUTH CRAM-MD5 as aiosmtplib's auth_crammd5 says it, step by step: the response to the
+    server's challenge is replayable while the server reuses it, so it is masked too."""
+    smtp = current.smtp
+    challenge = await smtp.execute_command(b"AUTH", b"CRAM-MD5")
+    if challenge.code != 334:
+        raise SMTPAuthenticationError(challenge.code, challenge.message)
+    try:
+        response = auth_crammd5_verify(user, password, challenge.message)
+    except SMTPAuthenticationError:  # a challenge that is not base64
+        raise ProbeFailed(Reason.PROTOCOL, "not an SMTP reply during auth: bad challenge") from None
+    digest = base64.b64decode(response).decode("ascii").rpartition(" ")[2]
+    current.secrets += [digest, response.decode("ascii")]
+    reply = await smtp.execute_command(response)
+    if reply.code != 235:
+        raise SMTPAuthenticationError(reply.code, reply.message)
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode("ascii")
 
 
-async def _send(session: _Session, config: SMTPProbe) -> None:
+async def _send(smtp: aiosmtplib.SMTP, config: SMTPProbe) -> None:
     """MAIL FROM, RCPT TO for every recipient (any refusal fails), then DATA."""
     send = config.send
     assert send is not None
@@ -401,19 +360,82 @@ async def _send(session: _Session, config: SMTPProbe) -> None:
     message.set_content(
         f"Test message from the SLA exporter on {config.ehlo_name}; safe to delete.\n"
     )
-    await session.command(f"MAIL FROM:<{send.from_}>", (250,), "MAIL FROM")
+    await smtp.mail(send.from_)
     for recipient in send.to:
-        await session.command(
-            f"RCPT TO:<{recipient}>", (250, 251), f"RCPT TO {bounded(recipient, 60)}"
-        )
-    await session.command("DATA", (354,), "DATA")
-    content = message.as_bytes(policy=SMTP_POLICY)
-    # RFC 5321 4.5.2: a line starting with a dot gets another one; the lone dot ends the data.
-    stuffed = re.sub(rb"(?m)^\.", b"..", content)
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    session.connection.write(stuffed + b".\r\n")
-    await session.expect((250,), "DATA")
+        await smtp.rcpt(recipient)
+    await smtp.data(message.as_bytes(policy=SMTP_POLICY))  # aiosmtplib dot-stuffs it
+
+
+@contextlib.contextmanager
+def _failures(current: Session) -> Iterator[None]:
+    """Turn what aiosmtplib raises into ProbeFailed with its reason; mask the session's secrets
+    out of every message, whoever raised it."""
+    trace = current.trace
+    try:
+        yield
+    except ProbeFailed as failure:
+        raise ProbeFailed(
+            failure.reason, current.mask(failure.message), failure.status_code
+        ) from failure
+    except SMTPException as exc:
+        known = _reason(exc, trace, current)
+        if known is None:
+            raise
+        if known.status_code is not None:
+            trace.status_code = known.status_code
+        raise ProbeFailed(known.reason, current.mask(known.message), known.status_code) from exc
+
+
+def _reason(exc: SMTPException, trace: Trace, current: Session) -> ProbeFailed | None:
+    """What an aiosmtplib error means for the probe; None for socket and TLS errors it wraps,
+    left to network_failure."""
+    phase = trace.phase
+    if isinstance(exc, SMTPTimeoutError):  # none of its own timeouts is set: a backstop
+        return ProbeFailed(Reason.TIMEOUT, f"SMTP client timed out during {phase}")
+    if isinstance(exc, SMTPConnectError) and not isinstance(exc, SMTPResponseException):
+        # What it met while connecting (a TLS error, an early close), wrapped: unwrap it.
+        cause = exc.__cause__
+        if isinstance(cause, SMTPServerDisconnected):
+            return ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {phase}")
+        if isinstance(cause, OSError):
+            return network_failure(cause, trace)
+    if isinstance(exc, SMTPResponseException):
+        text = exc.message
+        if exc.code < 0:  # aiosmtplib's code for a reply it could not parse or bound
+            if text == "Response too long":
+                return ProbeFailed(
+                    Reason.PROTOCOL,
+                    f"reply longer than {MAX_REPLY} bytes during {phase} (or a line over "
+                    f"{MAX_LINE_LENGTH})",
+                )
+            text = bounded(current.mask(text.removeprefix("Malformed SMTP response line: ")))
+            return ProbeFailed(
+                Reason.PROTOCOL, f"not an SMTP reply during {phase}: {bounded(text, SERVER_TEXT)}"
+            )
+        return ProbeFailed(Reason.SMTP_REPLY, _refusal(exc, phase, current), status_code=exc.code)
+    if isinstance(exc, SMTPServerDisconnected):
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and (known := network_failure(cause, trace)) is not None:
+            return known
+        return ProbeFailed(Reason.PROTOCOL, f"server closed the connection during {phase}")
+    return ProbeFailed(Reason.PROTOCOL, f"{bounded(exc.message, SERVER_TEXT)} (during {phase})")
+
+
+def _refusal(exc: SMTPResponseException, phase: str, current: Session) -> str:
+    text = bounded(current.mask(exc.message), SERVER_TEXT)
+    if isinstance(exc, SMTPConnectResponseError):
+        return f"server greeted with {exc.code} instead of 220: {text}"
+    if isinstance(exc, SMTPSenderRefused):
+        command = "MAIL FROM"
+    elif isinstance(exc, SMTPRecipientRefused):
+        command = f"RCPT TO {bounded(exc.recipient, 60)}"
+    elif isinstance(exc, SMTPDataError):
+        command = "DATA"
+    elif isinstance(exc, SMTPHeloError):
+        command = "EHLO"
+    else:
+        command = _COMMANDS.get(phase, phase)
+    return f"{command} refused: {exc.code} {text}"
 
 
 class _Handshakes:

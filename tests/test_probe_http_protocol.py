@@ -1,5 +1,6 @@
-"""HTTP/1.1 as the probes speak it (probes/http1.py, probes/wire.py): framing, compression,
-interim answers, redirect rules, cookies, and a duration that is the service's time only."""
+"""HTTP/1.1 as the http probe speaks it through aiohttp's client: framing, compression, interim
+answers, redirect rules, cookies, partial writes, TLS errors, and a duration that is the
+service's time only."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import gzip
 import os
 import resource
 import socket
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
+from conftest import server_context
 from http_servers import raw_server, read_request, serve
 
 from sla_exporter.probes import http
@@ -68,9 +73,9 @@ async def test_a_broken_chunk_size_is_a_protocol_failure() -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nwelcome\r\n0\r\n\r\n"
     result = await raw_answer(answer)
     assert result.reason == Reason.PROTOCOL
-    assert result.message == (
-        r"broken response body (illegal chunk header: 'zz\r\n') during transfer"
-    )
+    # aiohttp parses a response's head and body in one pass when they come in one packet, so
+    # a broken chunk there is an invalid response (h11 called it a broken body, after the head).
+    assert result.message == "invalid HTTP response: Invalid character in chunk size: b'zz'"
 
 
 async def test_a_body_without_length_ends_with_the_connection() -> None:
@@ -245,3 +250,71 @@ async def test_running_out_of_file_descriptors_is_the_exporters_fault_not_the_se
     assert result.reason == Reason.EXPORTER
     assert result.message == "exporter fault during connect: Too many open files"
     assert after.success, after.message  # the same target, once descriptors are free again
+
+
+# --------------------------------------------------------------------------------------------
+# Writes the socket takes in parts, TLS that breaks after the handshake, compression bombs
+
+
+async def test_a_body_larger_than_the_socket_buffers_arrives_whole_at_a_slow_reader() -> None:
+    # 8 MiB cannot go in one send(): the transport writes what the socket takes and the rest as
+    # the reader (a server pausing between reads) makes room.
+    payload = "".join(f"{i:08d}" for i in range(1 << 20))
+    received: list[bytes] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        body = bytearray()
+        while chunk := await request.content.read(256 << 10):
+            body += chunk
+            await asyncio.sleep(0.005)
+        received.append(bytes(body))
+        return web.Response(text="stored")
+
+    async with serve(app_with(web.post("/", slow))) as url:
+        result = await check({"url": f"{url}/", "method": "POST", "body": payload}, timeout=10)
+    assert result.success, result.message
+    assert received == [payload.encode()]
+
+
+async def test_a_tls_record_that_does_not_decrypt_fails_with_tls(
+    localhost_cert: trustme.LeafCert, ca_file: str
+) -> None:
+    # After the handshake the server writes plain bytes under its TLS session, as a broken
+    # middlebox would: the client cannot read them as a TLS record.
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        os.write(writer.get_extra_info("socket").fileno(), b"HTTP/1.1 200 OK\r\n\r\nplain")
+        await asyncio.sleep(2)
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0, ssl=server_context(localhost_cert))
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        result = await check({"url": f"https://127.0.0.1:{port}/", "tls": {"ca_file": ca_file}})
+    assert result.reason == Reason.TLS
+    assert result.message.startswith("TLS failed: "), result.message
+    assert result.tls_expiry is not None  # the handshake itself went through
+
+
+async def test_a_decompression_bomb_costs_one_failed_probe_and_bounded_memory() -> None:
+    # 256 MiB of zeros in 255 KiB of gzip: decoded only as far as the body limit, then dropped.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+    tracemalloc.start()
+    try:
+        result = await raw_answer(answer + bomb, max_body_bytes=4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.reason == Reason.BODY_TOO_LARGE
+    assert result.message.endswith("body of at least 4097 bytes exceeds max_body_bytes")
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB while decoding"
+
+
+async def test_a_gzip_body_that_does_not_decode_is_a_protocol_failure() -> None:
+    body = b"\x1f\x8b\x08\x00" + b"not gzip at all" * 10
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+    result = await raw_answer(answer + body)
+    assert result.reason == Reason.PROTOCOL
+    assert "gzip" in result.message
