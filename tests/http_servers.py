@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import ssl
 import struct
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -85,3 +87,71 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@dataclass
+class Proxy:
+    """A forward proxy on loopback: what it was asked (request lines), and the credentials."""
+
+    url: str = ""
+    requests: list[str] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def forward_proxy(credentials: str | None = None) -> AsyncIterator[Proxy]:
+    """An HTTP proxy as clients use one (RFC 9110 9.3.6, RFC 9112 3.2.2): CONNECT host:port
+    opens a tunnel, an absolute URL is forwarded to its origin. With `credentials`
+    ("user:password"), a request without them in Proxy-Authorization gets 407."""
+    state = Proxy()
+    expected = None
+    if credentials is not None:
+        expected = "Basic " + base64.b64encode(credentials.encode()).decode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        line, *fields = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+        state.requests.append(line)
+        state.authorizations.append(headers.get("proxy-authorization"))
+        if expected is not None and headers.get("proxy-authorization") != expected:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        method, target, _ = line.split(" ", 2)
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            upstream_reader, upstream = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            first = b""
+        else:
+            origin = URL(target)
+            upstream_reader, upstream = await asyncio.open_connection(origin.host, origin.port)
+            path = origin.raw_path_qs
+            kept = [f for f in fields if f and not f.lower().startswith("proxy-")]
+            first = "\r\n".join([f"{method} {path} HTTP/1.1", *kept, "", ""]).encode("latin-1")
+        upstream.write(first)
+        await asyncio.gather(_pipe(reader, upstream), _pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()

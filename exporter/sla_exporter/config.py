@@ -195,7 +195,7 @@ class Config(Model):
     # Ticket clocks in business hours (support/config.py).
     support: SupportConfig | None = None
 
-    SECRETS_ALLOWED_IN: ClassVar[str] = "headers, body, form, token and auth.password"
+    SECRETS_ALLOWED_IN: ClassVar[str] = "headers, body, form, token, proxy_url and auth.password"
 
     def objective(self, service: str) -> float:
         """The service's objective, or the SLA's when the service sets none."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -284,6 +285,13 @@ def certificate_expiry(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
     der = tls.getpeercert(binary_form=True)
     if not der:
         return None
+    return _not_after(der)
+
+
+# A service presents the same certificate probe after probe: parsed once, not on every
+# handshake (bench/RESULTS.md). The key is the whole certificate, so a new one is parsed anew.
+@functools.lru_cache(maxsize=1024)
+def _not_after(der: bytes) -> float | None:
     try:
         return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
     except ValueError:  # a certificate cryptography cannot parse: no expiry, not a failure

@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     PlainValidator,
     SecretStr,
+    StrictBool,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -97,6 +98,57 @@ def _redirects(value: Any) -> RedirectPolicy:
 Redirects = Annotated[RedirectPolicy, PlainValidator(_redirects)]
 
 
+def _proxy_url(value: Any) -> str | SecretStr:
+    if not isinstance(value, str | SecretStr):
+        raise custom("proxy_url", f"must be an http:// or https:// proxy URL, got {show(value)}")
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    try:
+        parsed = URL(raw)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise custom(
+            "proxy_url", f"must be an http:// or https:// proxy URL with a host, got {show(value)}"
+        )
+    if (parsed.raw_user or parsed.raw_password) and not isinstance(value, SecretStr):
+        # The value is not shown: it holds the password.
+        raise custom(
+            "proxy_url",
+            "must not hold credentials (user:password@) in the file; put the whole URL in a "
+            "secret with !env or !file",
+        )
+    return value
+
+
+# An HTTP(S) proxy; a secret (`!env`, `!file`) when it carries credentials.
+ProxyURL = Annotated[str | SecretStr, PlainValidator(_proxy_url)]
+IPProtocol = Literal["ip4", "ip6"]
+# Content codings a probe can require (aiohttp decodes them; br with the Brotli library).
+Compression = Literal["gzip", "deflate", "br", "identity"]
+
+
+def _accepts(accept_encoding: str, coding: str) -> bool:
+    """Whether an Accept-Encoding value lets the server send `coding` (RFC 9110 12.5.3)."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        name, *parameters = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for parameter in parameters:
+            key, _, number = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(number)
+                except ValueError:
+                    weight = 0.0
+        if name:
+            weights[name.lower()] = weight
+    if coding in weights:
+        return weights[coding] > 0
+    if "*" in weights:
+        return weights["*"] > 0
+    return coding == "identity"  # identity is acceptable unless refused by name or by *
+
+
 def _body_or_form(body: Any, info: ValidationInfo) -> None:
     if body is not None and info.data.get("body") is not None:
         raise custom("body_form", "cannot be set together with body; use one or the other")
@@ -135,12 +187,44 @@ class HTTPProbe(Model):
     follow_redirects: Redirects = "any"
     tls: TLS = TLS()
     max_body_bytes: StrictInt = Field(default=1 << 20, ge=1024, le=64 << 20)
+    proxy_url: ProxyURL | None = None
+    proxy_from_environment: StrictBool = False
+    preferred_ip_protocol: IPProtocol | None = None
+    ip_protocol_fallback: StrictBool = True
+    compression: Compression | None = None
 
     @field_validator("form")
     @classmethod
     def _one_body(cls, form: Any, info: ValidationInfo) -> Any:
         _body_or_form(form, info)
         return form
+
+    @model_validator(mode="after")
+    def _route(self) -> HTTPProbe:
+        if self.proxy_from_environment and self.proxy_url is not None:
+            raise custom(
+                "proxy",
+                "cannot be used together with proxy_url; use one or the other",
+                field="proxy_from_environment",
+            )
+        if "ip_protocol_fallback" in self.model_fields_set and self.preferred_ip_protocol is None:
+            raise custom(
+                "ip_protocol",
+                "needs preferred_ip_protocol (ip4 or ip6): without it every address is tried",
+                field="ip_protocol_fallback",
+            )
+        if self.compression is not None:
+            for headers in [self.headers, *(step.headers for step in self.steps or [])]:
+                for name, value in headers.items():
+                    shown = reveal(value) or ""
+                    if name.lower() == "accept-encoding" and not _accepts(shown, self.compression):
+                        raise custom(
+                            "compression",
+                            f'needs an Accept-Encoding header that accepts "{self.compression}", '
+                            f"got {show(value)}",
+                            field="compression",
+                        )
+        return self
 
     @model_validator(mode="after")
     def _url_or_steps(self) -> HTTPProbe:
@@ -205,6 +289,7 @@ class Request:
     follow_redirects: RedirectPolicy = "any"
     credentials: bool = False  # whether a 401/403 means "login refused" rather than a bad status
     secrets: frozenset[str] = frozenset()  # masked out of server text quoted in messages
+    compression: Compression | None = None  # the Content-Encoding the response must have
 
     def quote(self, text: str, limit: int = _SHOWN_VALUE) -> str:
         """Server-sent `text` fit for a message: secrets masked first, then cut to `limit`."""
@@ -305,7 +390,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # and it names the phase it cut off.
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
-IPProtocol = Literal["ip4", "ip6"]
 _FAMILIES: dict[IPProtocol, socket.AddressFamily] = {
     "ip4": socket.AF_INET,
     "ip6": socket.AF_INET6,
@@ -767,7 +851,11 @@ def _has_credentials(step: HTTPStep | HTTPProbe) -> bool:
 
 
 def _request(
-    step: HTTPStep | HTTPProbe, number: int | None, credentials: bool, secrets: frozenset[str]
+    step: HTTPStep | HTTPProbe,
+    number: int | None,
+    credentials: bool,
+    secrets: frozenset[str],
+    compression: Compression | None,
 ) -> Request:
     assert step.url is not None  # config validation: a probe without steps has a url
     data: str | dict[str, str] | None = None
@@ -775,15 +863,52 @@ def _request(
         data = {name: reveal(value) or "" for name, value in step.form.items()}
     elif step.body is not None:
         data = reveal(step.body)
+    headers = wire_headers(step.headers)
+    if compression is not None and not any(h.lower() == "accept-encoding" for h in headers):
+        headers["Accept-Encoding"] = compression  # as blackbox_exporter asks for it
     return Request(
         method=step.method,
         url=step.url,
         label=describe(step.method, step.url, number),
-        headers=wire_headers(step.headers),
+        headers=headers,
         data=data,
         follow_redirects=step.follow_redirects or "any",
         credentials=credentials,
         secrets=secrets,
+        compression=compression,
+    )
+
+
+def check_compression(response: Response, request: Request) -> None:
+    """Fail when the response is not encoded as `compression` asks (a body there is to encode)."""
+    wanted = request.compression
+    if wanted is None or request.method == "HEAD" or response.status in (204, 304):
+        return
+    got = response.content_encoding
+    if got != wanted:
+        raise ProbeFailed(
+            Reason.BODY_MISMATCH,
+            f"{request.label}: body encoded {request.quote(got, 30)}, expected {wanted} "
+            "(compression)",
+            response.status,
+        )
+
+
+def route(config: HTTPProbe) -> tuple[Route, frozenset[str]]:
+    """How the probe's requests travel, and the secrets that holds (a proxy's credentials)."""
+    proxy = reveal(config.proxy_url)
+    secrets: set[str] = set()
+    if isinstance(config.proxy_url, SecretStr) and proxy:
+        parsed = URL(proxy)
+        secrets = {proxy, str(parsed), *(p for p in (parsed.password, parsed.raw_password) if p)}
+    return (
+        Route(
+            proxy=proxy,
+            proxy_from_environment=config.proxy_from_environment,
+            preferred_ip_protocol=config.preferred_ip_protocol,
+            ip_protocol_fallback=config.ip_protocol_fallback,
+        ),
+        frozenset(secrets),
     )
 
 
@@ -792,18 +917,20 @@ async def probe(config: HTTPProbe, trace: Trace) -> str:
     # A single request is described by the probe's own settings, which flow() would copy into
     # a new validated step on every run: more work than building the request itself.
     steps: Sequence[HTTPStep | HTTPProbe] = config.flow() if config.steps else [config]
-    secrets = frozenset(secret_values([(s.headers, s.body, s.form) for s in steps]))
+    path, proxy_secrets = route(config)
+    secrets = frozenset(secret_values([(s.headers, s.body, s.form) for s in steps])) | proxy_secrets
     with failures(trace, secrets):
-        async with Client(trace, config.tls, config.max_body_bytes) as client:
+        async with Client(trace, config.tls, config.max_body_bytes, path) as client:
             # After a step that logged in, the session cookie is the credential: a 401/403
             # later in the flow is a refused login too, not just an unexpected status.
             credentials = False
             for number, step in enumerate(steps, start=1):
                 credentials = credentials or _has_credentials(step)
                 number_shown = number if len(steps) > 1 else None
-                request = _request(step, number_shown, credentials, secrets)
+                request = _request(step, number_shown, credentials, secrets, config.compression)
                 response = await client.fetch(request)
                 check_status(response, step.expect, request)
+                check_compression(response, request)
                 check_body(response, step.expect, request)
     done = f"{len(steps)} steps, last " if len(steps) > 1 else ""
     return f"{done}{request.label}: status {response.status}, {len(response.body)} bytes"
