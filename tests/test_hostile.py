@@ -4,7 +4,8 @@ Each test reproduces an attack with real sockets and files and is bounded in tim
 What issue 13 found and where each attack is reproduced (the ones here need the process; the
 others need a scripted peer and live beside the probe or module they attack):
 
-  probe targets  1 a failure of the exporter's own (EMFILE) counted as down: test_probe_wire.py
+  probe targets  1 a failure of the exporter's own (EMFILE) counted as down:
+                   test_probe_http_protocol.py
                    test_running_out_of_file_descriptors_is_the_exporters_fault_not_the_services
                  2 an SMTP reply that never ends: here (peak memory) and test_probe_smtp.py
   web listener   1 a connection flood, a slow header: here
@@ -22,8 +23,8 @@ others need a scripted peer and live beside the probe or module they attack):
                    (landing page, log) and test_probe_smtp.py (each AUTH mechanism)
 
 The attacks that already held (garbage, resets, silent peers, oversized bodies, regex blow-up,
-YAML alias bombs, a wrong or missing ticket token, a body over max_body_bytes) are in the same
-modules, next to the code they attack.
+YAML alias bombs, a wrong or missing ticket token, a body over max_body_bytes, a decompression
+bomb in test_probe_http_protocol.py) are in the same modules, next to the code they attack.
 """
 
 from __future__ import annotations

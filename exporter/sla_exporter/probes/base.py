@@ -27,16 +27,16 @@ class Reason(enum.StrEnum):
     """Why a probe failed: a small closed set, used as the `reason` label on failure counters."""
 
     TIMEOUT = "timeout"  # the probe's deadline passed; the message names the phase it was in
-    DNS = "dns"  # the host name did not resolve
-    CONNECT = "connect"  # TCP connect refused, reset or unreachable
+    DNS = "dns"  # the host name did not resolve (or not to the IP family required)
+    CONNECT = "connect"  # TCP connect refused, reset or unreachable (the proxy's too)
     TLS = "tls"  # handshake failed, certificate invalid, expired or for another host
     PROTOCOL = "protocol"  # the server spoke something that is not the protocol (garbage, reset)
     HTTP_STATUS = "http_status"  # an HTTP status outside the expected list
-    BODY_MISMATCH = "body_mismatch"  # body substring, regex or JSON fields not as expected
+    BODY_MISMATCH = "body_mismatch"  # body substring, regex, JSON fields or coding not as expected
     BODY_TOO_LARGE = "body_too_large"  # body longer than max_body_bytes
     SMTP_REPLY = "smtp_reply"  # an SMTP reply code other than the one the dialogue needs
     STARTTLS = "starttls"  # STARTTLS required but not offered by the server
-    AUTH = "auth"  # login refused (SMTP AUTH, HTTP 401/403 on an authenticated API)
+    AUTH = "auth"  # login refused (SMTP AUTH, HTTP 401/403 on an authenticated API, proxy 407)
     GATEWAY_ERROR = "gateway_error"  # the SMS gateway reported an error in its payload
     RATE_LIMITED = "rate_limited"  # HTTP 429: the probe was throttled, the service is not healthy
     # Mail delivery (mail_delivery): the message was accepted but not seen in the mailbox in time;

@@ -1,4 +1,10 @@
-"""The http probe kind: one request or a short flow of steps, checked for status and body."""
+"""The http probe kind: one request or a short flow of steps, checked for status and body.
+
+Requests go through aiohttp's client (connections, TLS, HTTP/1.1 framing, decoding, cookies,
+proxies); what is the probe's own is around it: the phases (its tracing signals and the shared
+SSL context, tls.py), the redirect policy and what crosses origins, the bounded body read, the
+checks, and turning every error into a reason with no secret in its message.
+"""
 
 from __future__ import annotations
 

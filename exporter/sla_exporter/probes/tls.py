@@ -52,8 +52,10 @@ class _ObservedObject(ssl.SSLObject):
 class _ObservedContext(ssl.SSLContext):
     """A client context whose connections report to the observer of the task opening them.
 
-    wire.py calls wrap_bio once TCP is connected (HTTPS, implicit TLS, STARTTLS alike), so the
-    call also marks the end of TCP connect and the start of the handshake.
+    asyncio's and uvloop's TLS transports call wrap_bio once TCP is connected (HTTPS through
+    aiohttp, implicit TLS and STARTTLS through aiosmtplib alike), in a callback that runs in the
+    context of the task that opened the connection, so the call also marks the end of TCP
+    connect and the start of the handshake: the split aiohttp's tracing signals do not give.
     """
 
     sslobject_class = _ObservedObject
