@@ -7,7 +7,9 @@ from typing import Any
 MIB = 1 << 20
 
 # The targets of the issue, each checked against the figure it constrains.
-CPU_RATIO = 0.8  # our CPU per probe / blackbox's, for every probe kind
+# Our CPU per probe / blackbox's, for every probe kind: parity since issue 15 (probes on the
+# card's libraries rather than a transport of our own; 0.8 before).
+CPU_RATIO = 1.0
 LATENCY_MS = 1.0  # latency error at 20 probes in flight
 LAG_P99 = 0.100  # seconds, at 10,000 services
 RENDER = 0.5  # seconds, /metrics at 10,000 services
@@ -41,9 +43,10 @@ def _cpu(results: dict[str, Any]) -> list[str]:
     for kind, row in results.items():
         ratio = row["ratio"]
         pairs = " ".join(f"{r:.2f}" for r in row["ratios"])
+        target = f"<= {CPU_RATIO:g} " + _mark(ratio is not None and ratio <= CPU_RATIO)
         lines.append(
             f"  {kind:<6} {_f(row['ours']):>6} {_f(row['blackbox']):>9} {_f(ratio):>6}  "
-            f"{'<= 0.8 ' + _mark(ratio is not None and ratio <= CPU_RATIO):<14}{pairs:<32} "
+            f"{target:<14}{pairs:<32} "
             f"{row['ours_rss'] / MIB:.0f} / {row['blackbox_rss'] / MIB:.0f} MiB"
         )
     targets: dict[str, float] = {}
