@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install.sh --with-bench  # the tests include a smoke run of bench/
 . .venv/bin/activate
-ruff check exporter demo tests grafana bench
-ruff format --check exporter demo tests grafana bench
+ruff check exporter demo tests grafana bench prometheus
+ruff format --check exporter demo tests grafana bench prometheus
 mypy
 python -m pytest "$@"
