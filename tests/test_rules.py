@@ -1190,6 +1190,7 @@ def test_every_rule_evaluates_without_error_in_a_real_prometheus(
                         + urllib.parse.quote(
                             "count(sla_service_location:probe_consecutive_failures:count)"
                             " + count(sla_service_location_month:sla_met:bool)"
+                            " + count(sla_service_location_finished_month:sla_met:bool)"
                         ),
                     )["result"]
                     if len(series["result"]) == 2 and later and later[0]["value"][1] == "10":
@@ -1226,7 +1227,9 @@ def test_every_rule_evaluates_without_error_in_a_real_prometheus(
             for started in since.values():
                 assert started == pytest.approx(time.time() - 5 - 3 * 60, abs=30)
             # The month figures exist per service, location and month; only one month is current.
-            assert len(value("sla_service_location_month:sla_met:bool")) == 8
+            # The running month's figures, and the finished one's: 2 services in 2 locations.
+            assert len(value("sla_service_location_month:sla_met:bool")) == 4
+            assert len(value("sla_service_location_finished_month:sla_met:bool")) == 4
             # The slot length is the exporter's own, with the level's labels and no others, for
             # the running month only (a finished month keeps only what its table shows).
             assert value("sla_service_location_month:slot:seconds") == {

@@ -223,44 +223,31 @@ def per_service(board: dashboard.Dashboard, settings: Settings) -> None:
 
 def previous_months() -> table.Panel:
     """Every finished month the exporter keeps, per service and location."""
-    previous = "unless on (location, month) location_month:sla_month_current:bool"
+    finished = "sla_service_location_finished_month"
     return table_panel(
         "Previous months",
         "The final figures of every finished month the exporter keeps (13 months, from its "
         "own month ledger, so they survive Prometheus' retention), per service and "
         "location. Compliance compares the month's failed time with its exact budget, "
         "each month under the objective it ran under "
-        "(sla_service_location_month:sla_met:bool).",
+        f"({finished}:sla_met:bool).",
         [
             Column(
                 "Availability",
-                f"sla_service_location_month:sla_availability:ratio{BY_LOCATION} {previous}",
+                f"{finished}:sla_availability:ratio{BY_LOCATION}",
                 "percentunit",
                 decimals=3,
             ),
             Column(
                 "Compliance",
-                f"sla_service_location_month:sla_met:bool{BY_LOCATION} {previous}",
+                f"{finished}:sla_met:bool{BY_LOCATION}",
                 "none",
                 mappings=mapping({"1": ("met", GREEN), "0": ("breached", RED)}),
                 thresholds=steps(RED, (1, GREEN)),
             ),
-            Column(
-                "Downtime",
-                f"sla_service_location_month:downtime:seconds{BY_LOCATION} {previous}",
-                "s",
-            ),
-            Column(
-                "Budget left",
-                f"sla_service_location_month:error_budget_remaining:seconds{BY_LOCATION} "
-                f"{previous}",
-                "s",
-            ),
-            Column(
-                "Unknown time",
-                f"sla_service_location_month:unknown:seconds{BY_LOCATION} {previous}",
-                "s",
-            ),
+            Column("Downtime", f"{finished}:downtime:seconds{BY_LOCATION}", "s"),
+            Column("Budget left", f"{finished}:error_budget_remaining:seconds{BY_LOCATION}", "s"),
+            Column("Unknown time", f"{finished}:unknown:seconds{BY_LOCATION}", "s"),
         ],
         [("month", "Month"), ("sla_service", "Service"), ("location", "Location")],
         sort_by="Month",
