@@ -244,23 +244,31 @@ def over_time(board: dashboard.Dashboard) -> None:
             bars=True,
         ).min(0)
     )
+    # One point per window at most (min interval $window): each point is the quantile of the
+    # window before it, so every probe is read once whatever the time range. A point every
+    # pixel read a whole window per pixel: 28 million samples for 1d windows over 30 days.
     board.with_panel(
         timeseries_panel(
             "Phase latency p50",
-            "Median time per phase over the sliding window chosen in 'Window' "
-            "(quantile_over_time of sla_probe_phase_duration_seconds): the typical probe.",
+            "Median time per phase over the sliding window chosen in 'Window', one point per "
+            "window (quantile_over_time of sla_probe_phase_duration_seconds): the typical probe.",
             "s",
             phase_quantile(0.5),
-        ).min(0)
+        )
+        .min(0)
+        .interval("$window")
     )
     board.with_panel(
         timeseries_panel(
             "Phase latency p95",
-            "95th percentile of the time per phase over the sliding window chosen in 'Window' "
-            "(quantile_over_time of sla_probe_phase_duration_seconds): the slow probes.",
+            "95th percentile of the time per phase over the sliding window chosen in 'Window', "
+            "one point per window (quantile_over_time of sla_probe_phase_duration_seconds): the "
+            "slow probes.",
             "s",
             phase_quantile(0.95),
-        ).min(0)
+        )
+        .min(0)
+        .interval("$window")
     )
 
 
