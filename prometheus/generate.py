@@ -299,8 +299,18 @@ def burn_condition(alert: Alert, indent: str) -> str:
     )
 
 
-def history_windows(table: Table) -> list[str]:
-    return sorted({alert.long for alert in table.alerts}, key=seconds)
+def history_windows(table: Table, source: str) -> list[str]:
+    """The long windows of the alerts that read windows of `source`."""
+    longs = {alert.long for alert in table.alerts if table.window(alert.long).source == source}
+    return sorted(longs, key=seconds)
+
+
+def covers(window: str) -> list[str]:
+    return rule(
+        "record",
+        f"sla_service_location:probe_history:covers{window}",
+        f"group by (sla_service, location) (sla_probes_total offset {window})",
+    )
 
 
 GROUP_RULE = "  # " + "-" * 93
@@ -332,6 +342,12 @@ count every probe in the exporter, so a gap in Prometheus' own samples later in 
 loses no probe; only the time before the first sample is missing history. One sample looked
 up per series: no cost worth a thought. 1 where the window is covered, absent where it is not
 (the first hour, the first 6 hours... of a new install or of a service added to the SLA file)."""
+
+LONG_HISTORY_COMMENT = """\
+---- history of the long windows ----
+As for 1h above (group sla-probe-ratios), for the long windows of the alerts, here with the
+windows they qualify: a window's history changes once, when it fills up, and 5 minutes later
+than that changes nothing worth a rule every 15s."""
 
 PAGE_BURN_COMMENT = """\
 ---- page-level burn of one location ----
@@ -426,12 +442,8 @@ def rules_file(table: Table) -> str:
         "",
         *comment(HISTORY_COMMENT, 6),
     ]
-    for w in history_windows(table):
-        out += rule(
-            "record",
-            f"sla_service_location:probe_history:covers{w}",
-            f"group by (sla_service, location) (sla_probes_total offset {w})",
-        )
+    for w in history_windows(table, "raw"):
+        out += covers(w)
     for window in raw:
         out += ["", f"      # ---- {window.window}, from the counters ----"]
         for name, expr in ratio_rules(table, window):
@@ -458,6 +470,9 @@ def rules_file(table: Table) -> str:
             snapshot(counter, step),
             f"max by (sla_service, location, instance) (max_over_time({counter}[{step}]))",
         )
+    out += ["", *comment(LONG_HISTORY_COMMENT, 6)]
+    for w in history_windows(table, "snapshots"):
+        out += covers(w)
     for window in long:
         out += ["", f"      # ---- {window.window}, from the snapshots ----"]
         for name, expr in ratio_rules(table, window):
