@@ -1,4 +1,5 @@
-"""`python -m bench`: our exporter against blackbox_exporter, and our exporter at scale.
+"""`python -m bench`: our exporter against blackbox_exporter, our exporter at scale, and the
+Prometheus side (rules and dashboards) at scale.
 
 Prints a table and writes every figure (and the raw runs behind them) as JSON to bench/out/.
 `bench/run.sh` installs nginx and prometheus-blackbox-exporter first if they are missing.
@@ -24,12 +25,14 @@ import aiohttp
 
 from sla_exporter.cli import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 
-from . import report, scenarios
+from . import report, rules, scenarios
 from .configs import KINDS, blackbox_file
 from .targets import Targets
 
 OUT = Path(__file__).parent / "out"
-SECTIONS = ("cpu", "latency", "scale", "shards")
+SECTIONS = ("cpu", "latency", "scale", "shards", "rules")
+# The sections that probe the loopback targets (nginx, the 200 ms target, the SMTP responder).
+TARGET_SECTIONS = {"cpu", "latency", "scale", "shards"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,6 +53,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", help="service counts for one process, e.g. 1000,10000,30000")
     parser.add_argument("--shards", help="shards x services per shard, e.g. 4x25000")
     parser.add_argument("--interval", type=int, help="seconds between probes at scale")
+    parser.add_argument(
+        "--rules",
+        help="rules section: services x days of history, e.g. 10000x30 (the default; 20x1 quick)",
+    )
+    parser.add_argument(
+        "--rules-reference",
+        help="rules section: services x days for the old rules beside the new, e.g. 100x30 "
+        "(the default; 10x1 quick), or 0 for none",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -79,6 +91,7 @@ def environment(blackbox: str, event_loop: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "blackbox_exporter": version([blackbox, "--version"]),
         "nginx": version(["nginx", "-v"]),
+        "prometheus": version(["prometheus", "--version"]),
     }
 
 
@@ -101,6 +114,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         int(n) for n in (args.shards or ("2x100" if quick else "4x25000")).split("x")
     )
     interval = args.interval or (2 if quick else 60)
+    rules_size = size(args.rules or ("20x1" if quick else "10000x30"))
+    reference = args.rules_reference or ("10x1" if quick else "100x30")
+    rules_reference = None if reference == "0" else size(reference)
 
     work = Path(tempfile.mkdtemp(prefix="sla-bench-"))
     targets = Targets(work)
@@ -116,25 +132,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{time.monotonic() - started:6.0f}s] {line}", file=sys.stderr, flush=True)
 
     try:
-        at = targets.start()
-        bb_config = work / "blackbox.yml"
-        bb_config.write_text(blackbox_file(at))
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-            bench = scenarios.Bench(
-                work, at, targets, blackbox or "", bb_config, quick, session, log, args.event_loop
-            )
-            if "cpu" in sections:
-                results["cpu"] = await scenarios.cpu(bench, kinds, rounds, rate)
-                checkpoint(args.out, results)
-            if "latency" in sections:
-                # Latency windows are long (30 s at one probe in flight): fewer rounds suffice.
-                results["latency"] = await scenarios.latency(bench, (1, 20), rounds // 2 + 1)
-                checkpoint(args.out, results)
-            if "scale" in sections:
-                results["scale"] = await scenarios.scale(bench, counts, interval)
-                checkpoint(args.out, results)
-            if "shards" in sections:
-                results["shards"] = await scenarios.shards(bench, shard_count, per_shard, interval)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+            if TARGET_SECTIONS & set(sections):
+                at = targets.start()
+                bb_config = work / "blackbox.yml"
+                bb_config.write_text(blackbox_file(at))
+                bench = scenarios.Bench(
+                    work, at, targets, blackbox or "", bb_config, quick, session, log,
+                    args.event_loop,
+                )  # fmt: skip
+                if "cpu" in sections:
+                    results["cpu"] = await scenarios.cpu(bench, kinds, rounds, rate)
+                    checkpoint(args.out, results)
+                if "latency" in sections:
+                    # Latency windows are long (30 s at one probe in flight): fewer rounds suffice.
+                    results["latency"] = await scenarios.latency(bench, (1, 20), rounds // 2 + 1)
+                    checkpoint(args.out, results)
+                if "scale" in sections:
+                    results["scale"] = await scenarios.scale(bench, counts, interval)
+                    checkpoint(args.out, results)
+                if "shards" in sections:
+                    results["shards"] = await scenarios.shards(
+                        bench, shard_count, per_shard, interval
+                    )
+                    checkpoint(args.out, results)
+            if "rules" in sections:
+                services, days = rules_size
+                results["rules"] = await rules.rules(
+                    work, session, int(services), days, rules_reference, quick, log
+                )
     finally:
         targets.stop()
         if args.keep:
@@ -143,6 +169,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = time.monotonic() - started
     return results
+
+
+def size(text: str) -> tuple[int, float]:
+    """`10000x30` -> (10000 services, 30.0 days)."""
+    try:
+        services, days = text.split("x")
+        return int(services), float(days)
+    except ValueError:
+        raise SystemExit(f"expected services x days like 10000x30, got {text!r}") from None
 
 
 def checkpoint(out: Path, results: dict[str, Any]) -> None:

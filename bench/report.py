@@ -128,6 +128,98 @@ def _shards(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rules(results: dict[str, Any]) -> list[str]:
+    shipped, judged = results["shipped"], results["judged"]
+    n, d = shipped["services"], shipped["days"]
+    target = results["target"]
+    scaled = judged["extrapolated"]
+    at = f"{target['services']:,} x {target['days']}d"
+    note = (
+        f"  (measured at {n:,} services x {d:g} days; '{at}' columns extrapolated linearly in "
+        "the samples each evaluation or query reads)"
+        if scaled
+        else ""
+    )
+    backfill = shipped.get("backfill", {})
+    lines = [
+        f"Prometheus: the shipped rules on {n:,} services x {d:g} days of history{note}",
+        f"  backfill {backfill.get('samples', 0) / 1e6:.1f} M samples in "
+        f"{backfill.get('seconds', 0):.0f} s; Prometheus "
+        f"{shipped.get('prometheus_cpu_share', 0):.0%} of a core while measured",
+        f"  {'group':<22} {'every':>6} {'evals':>5} {'seconds':>8} {'slowest rule':<58}"
+        f" {'at ' + at:>16} {'of interval':>11}",
+    ]
+    for name, group in shipped["groups"].items():
+        if name.startswith("_"):
+            continue
+        j = judged["groups"].get(name, {})
+        rule = f"{group['slowest_rule'][:46]} {group['slowest_rule_seconds']:.3f} s"
+        lines.append(
+            f"  {name:<22} {group['interval_seconds']:>5g}s {group['evaluations']:>5} "
+            f"{group['seconds']:>8.3f} {rule:<58} {j.get('seconds_at_target', 0):>14.2f} s "
+            f"{j.get('share_at_target', 0):>10.1%} "
+            f"{'<= 25% ' + _mark(j.get('ok')) if j else ''}"
+        )
+    if "_unhealthy" in shipped["groups"]:
+        lines.append(f"  UNHEALTHY RULES: {shipped['groups']['_unhealthy']}")
+    slowest = max(judged["groups"].values(), key=lambda g: g["slowest_rule_at_target"])
+    lines.append(
+        f"  slowest rule at {at}: {slowest['slowest_rule_at_target']:.2f} s "
+        f"(query timeout 120 s: {_mark(all(g['rule_ok'] for g in judged['groups'].values()))})"
+    )
+    series = shipped["series"]
+    lines.append(
+        f"  series per service {series['series_per_service']:.0f} (scraped "
+        f"{series['scraped_per_service']:.0f}, recorded {series['recorded_per_service']:.0f}); "
+        f"Prometheus RSS {series['rss'] / MIB:.0f} MiB, {series['rss_idle'] / MIB:.0f} MiB "
+        f"idle + {series['rss_per_service'] / 1024:.0f} KiB per service "
+        f"({(series['rss_per_series'] or 0) / 1024:.1f} KiB per series): "
+        f"{judged['rss_at_target'] / MIB / 1024:.1f} GiB at {at}"
+    )
+    if shipped.get("panels"):
+        lines.append(
+            f"  dashboard queries over the last 30 days (svc-00000 has 30 days of every series "
+            f"a panel reads; median of 3 runs; at {at}: x services where it reads them all):"
+        )
+        for row in judged["panels"]:
+            kind = "instant" if row["instant"] else f"range/{row['step_seconds']}s"
+            who = "all" if row["all_services"] else "one"
+            title = f"{row['dashboard'].removeprefix('sla-')}: {row['panel']} {row['ref']}"
+            lines.append(
+                f"    {title[:60]:<60} {kind:<12} {who:<3} {row['seconds']:>7.3f} s "
+                f"{(row['samples'] or 0):>10,} samples {row['seconds_at_target']:>8.3f} s "
+                f"{'<= 1 s ' + _mark(row['ok'])}"
+            )
+        for row in shipped.get("variables", []):
+            lines.append(
+                f"    {row['dashboard'].removeprefix('sla-')}: variable ${row['variable']:<40}"
+                f" {row['seconds']:>7.3f} s, {row['values']} values"
+            )
+    ref = judged.get("reference")
+    if ref:
+        samples = ref["samples_per_service"]
+        lines.append(
+            f"  old against new, one Prometheus, {ref['services']:,} services x {ref['days']:g} "
+            "days (the counters at 15 s throughout):"
+        )
+        for name, group in ref["groups"].items():
+            lines.append(
+                f"    {name:<22} every {group['interval_seconds']:>4g}s {group['seconds']:>8.3f} s"
+                f"  {samples.get(name, 0):>10,.0f} samples per service"
+            )
+        ratio = ref["ratio"]
+        lines.append(
+            f"    evaluation seconds per minute: old {ref['old_seconds_per_minute']:.2f}, "
+            f"new {ref['new_seconds_per_minute']:.2f}: {_f(ratio, 1)}x less"
+            + (
+                f"; long windows per evaluation {_f(ref['long_ratio'], 1)}x faster"
+                if ref["long_ratio"]
+                else ""
+            )
+        )
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     """Every section that ran, as aligned text."""
     global QUICK
@@ -143,4 +235,6 @@ def table(results: dict[str, Any]) -> str:
             lines += ["", *render(results[section])]
     if "shards" in results:
         lines += ["", *_shards(results["shards"])]
+    if "rules" in results:
+        lines += ["", *_rules(results["rules"])]
     return "\n".join(lines)

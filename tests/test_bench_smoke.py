@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,18 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             pytest.skip(f"{tool} is missing: bench/run.sh installs it")
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--kinds", "http", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "cpu,latency,scale,shards",
+            "--kinds",
+            "http",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -59,3 +71,56 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
     # by the scheduling lag, which on a loaded machine can be a good part of the 2 s interval of a
     # smoke run, and the next run on time; a second run in the same interval would come far sooner.)
     assert shards["shortest_gap_seconds"] > 0.5 * shards["interval_seconds"]
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_rules_section_times_every_group_and_panel(tmp_path: Path) -> None:
+    """`--only rules --quick`: 20 services x 1 day backfilled with promtool into a real
+    Prometheus running the shipped rules, every group evaluated, every panel query of the
+    overview and service dashboards answered, the old rules beside the new on 10 services."""
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: scripts/install.sh installs Debian's prometheus")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "rules", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Prometheus: the shipped rules on 20 services x 1 days" in done.stdout
+    rules = json.loads((tmp_path / "latest-quick.json").read_text())["rules"]
+    shipped = rules["shipped"]
+    assert shipped["backfill"]["samples"] > 0 and shipped["backfill"]["blocks"] >= 1
+    shipped_groups = {
+        group["name"]
+        for path in (ROOT / "prometheus" / "rules").glob("*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+    }
+    measured = {name for name in shipped["groups"] if not name.startswith("_")}
+    assert measured == shipped_groups
+    assert "_unhealthy" not in shipped["groups"], shipped["groups"]["_unhealthy"]
+    for group in shipped["groups"].values():
+        assert group["evaluations"] >= 2 and group["seconds"] > 0
+    # Every query of both dashboards ran and found series (the backfilled service has them all).
+    panels = shipped["panels"]
+    assert {row["dashboard"] for row in panels} == {"sla-overview", "sla-service"}
+    empty = [f"{row['panel']} {row['ref']}" for row in panels if not row["series"]]
+    # Nothing fails or breaches in 20 healthy services: these have nothing to show.
+    assert set(empty) <= {
+        "Failing since A",
+        "Services breaching this month A",
+        "Alerts firing A",
+    }, empty
+    series = shipped["series"]
+    assert series["scraped_per_service"] >= 130  # 13 months of month tallies each
+    assert 0 < series["recorded_per_service"] < series["scraped_per_service"] * 2
+    # The old shape beside the new: both measured in one Prometheus on the same history.
+    reference = rules["judged"]["reference"]
+    assert reference["old_seconds_per_minute"] > 0 and reference["new_seconds_per_minute"] > 0
+    assert (
+        reference["samples_per_service"]["reference-ratios-long"]
+        > (reference["samples_per_service"]["sla-probe-ratios-long"])
+    )
