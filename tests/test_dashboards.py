@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -85,6 +87,8 @@ ONLY_FOR = {
     ("sla-service", "DNSSEC validated"): {"sender"},
     # The maintenance window the fixture declares covers the website only.
     ("sla-service", "annotation Maintenance"): {"website"},
+    # Of the seeded previous month, the API alone breached.
+    ("sla-overview", "Breached months"): {"api"},
 }
 
 
@@ -644,6 +648,14 @@ def seed_previous_month(path: Path, now: float) -> None:
     ledger.flush()
 
 
+def seeded_month_seconds() -> float:
+    """The length of the month seed_previous_month fills (the one before the current)."""
+    zone = ZoneInfo("Europe/Zurich")
+    start = month_bounds(month_key(time.time(), zone), zone)[0]
+    first, end = month_bounds(month_key(start - 1, zone), zone)
+    return end - first
+
+
 def post_events(stack: Stack, events: list[dict[str, str]]) -> None:
     request = urllib.request.Request(
         f"{stack.exporter}/api/v1/support/events",
@@ -774,18 +786,49 @@ def test_failure_panels_fill_when_a_service_fails(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_previous_months_and_support_show_their_figures(stack: Stack) -> None:
-    """The seeded month's compliance and the support queue come through the rules as expected."""
-    previous = next(
-        q for q in queries("sla-overview") if q.title == "Previous months" and "sla_met" in q.expr
+    """The seeded month's compliance and the support queue come through the rules as expected:
+    each service's table, the overview's count per month and its list of the breaches."""
+    compliance = next(
+        q for q in queries("sla-service") if q.title == "Previous months" and "sla_met" in q.expr
     )
     met = {
-        s["metric"]["sla_service"]: s["value"][1]
-        for s in wait_for(
-            lambda: run(stack, previous, {"service": ".*", "location": LOCATION}),
-            "previous month's compliance",
+        service: [
+            s["value"][1]
+            for s in wait_for(
+                lambda service=service: run(
+                    stack, compliance, {"service": service, "location": LOCATION}
+                ),
+                f"previous month's compliance of {service}",
+            )
+        ]
+        for service in DEMO_SERVICES
+    }
+    assert met == {service: ["0" if service == "api" else "1"] for service in DEMO_SERVICES}
+
+    every = {"service": ".*", "location": LOCATION}
+    summary = {
+        column: [s["value"][1] for s in run(stack, q, every)]
+        for q, column in zip(
+            (q for q in queries("sla-overview") if q.title == "Previous months"),
+            ("services", "met", "breached", "lowest"),
+            strict=True,
         )
     }
-    assert met == {service: "0" if service == "api" else "1" for service in DEMO_SERVICES}
+    # 500 failed minutes of the month, exactly as the rules divide them.
+    api_availability = 1 - 500 * 60 / seeded_month_seconds()
+    lowest = summary.pop("lowest")
+    assert summary == {
+        "services": [str(len(DEMO_SERVICES))],
+        "met": [str(len(DEMO_SERVICES) - 1)],
+        "breached": ["1"],
+    }
+    assert [float(value) for value in lowest] == [api_availability]
+    breached = [q for q in queries("sla-overview") if q.title == "Breached months"]
+    assert len(breached) == 4
+    for query in breached:
+        rows = run(stack, query, every)
+        assert [row["metric"]["sla_service"] for row in rows] == ["api"], query.expr
+    assert float(run(stack, breached[0], every)[0]["value"][1]) == api_availability
 
     queue = next(q for q in queries("sla-support") if q.title == "Queue now by policy and state")
     states = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard, table
+from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models.common import BigValueGraphMode, BigValueTextMode
 
 from grafana.generator.base import Settings, sla_dashboard
@@ -14,7 +14,6 @@ from grafana.generator.panels import (
     Column,
     Query,
     link,
-    mapping,
     stat_panel,
     steps,
     table_panel,
@@ -23,9 +22,11 @@ from grafana.generator.panels import (
 from grafana.generator.shared import (
     BY_LOCATION,
     CURRENT_MONTH,
+    FINISHED,
     SVC,
     against_objective,
     budget_left_time,
+    finished_month_columns,
     location_variable,
     service_variable,
     this_month,
@@ -49,7 +50,7 @@ def build(settings: Settings) -> dashboard.Dashboard:
     board.with_row(dashboard.Row("$service").repeat("service"))
     per_service(board, settings)
     board.with_row(dashboard.Row("Previous months"))
-    board.with_panel(previous_months())
+    previous_months(board)
     return board
 
 
@@ -221,36 +222,61 @@ def per_service(board: dashboard.Dashboard, settings: Settings) -> None:
     )
 
 
-def previous_months() -> table.Panel:
-    """Every finished month the exporter keeps, per service and location."""
-    finished = "sla_service_location_finished_month"
-    return table_panel(
-        "Previous months",
-        "The final figures of every finished month the exporter keeps (13 months, from its "
-        "own month ledger, so they survive Prometheus' retention), per service and "
-        "location. Compliance compares the month's failed time with its exact budget, "
-        "each month under the objective it ran under "
-        f"({finished}:sla_met:bool).",
-        [
-            Column(
-                "Availability",
-                f"{finished}:sla_availability:ratio{BY_LOCATION}",
-                "percentunit",
-                decimals=3,
-            ),
-            Column(
-                "Compliance",
-                f"{finished}:sla_met:bool{BY_LOCATION}",
-                "none",
-                mappings=mapping({"1": ("met", GREEN), "0": ("breached", RED)}),
-                thresholds=steps(RED, (1, GREEN)),
-            ),
-            Column("Downtime", f"{finished}:downtime:seconds{BY_LOCATION}", "s"),
-            Column("Budget left", f"{finished}:error_budget_remaining:seconds{BY_LOCATION}", "s"),
-            Column("Unknown time", f"{finished}:unknown:seconds{BY_LOCATION}", "s"),
-        ],
-        [("month", "Month"), ("sla_service", "Service"), ("location", "Location")],
-        sort_by="Month",
-        sort_desc=True,
-        height=10,
+def previous_months(board: dashboard.Dashboard) -> None:
+    """The finished months in two tables that stay short at any number of services: one row
+    per month and location, then the months that missed their objective. Every month of one
+    service is on its detail dashboard (a data link away)."""
+    met = f"{FINISHED}:sla_met:bool{BY_LOCATION}"
+    board.with_panel(
+        table_panel(
+            "Previous months",
+            "Every finished month the exporter keeps (12 besides the running one, from its own "
+            "month ledger, so they survive Prometheus' retention), one row per month and "
+            "location: how many of the selected services were measured, how many met their "
+            "objective and breached it (failed time against the month's exact budget, under the "
+            f"objective the month ran under: {FINISHED}:sla_met:bool), and the lowest "
+            "availability among them. Which services breached: the next table.",
+            [
+                Column("Services", f"count by (month, location) ({met})", "none"),
+                Column("Met", f"sum by (month, location) ({met})", "none"),
+                Column(
+                    "Breached",
+                    f"sum by (month, location) (1 - {met})",
+                    "none",
+                    thresholds=steps(GREEN, (1, RED)),
+                ),
+                Column(
+                    "Lowest availability",
+                    f"min by (month, location) ({FINISHED}:sla_availability:ratio{BY_LOCATION})",
+                    "percentunit",
+                    decimals=3,
+                ),
+            ],
+            [("month", "Month"), ("location", "Location")],
+            sort_by="Month",
+            sort_desc=True,
+            width=10,
+            height=10,
+        )
+    )
+    board.with_panel(
+        table_panel(
+            "Breached months",
+            "The finished months in which a selected service missed its objective, per "
+            "location, with their final figures. Empty while every month was met. A service's "
+            "every month, met or not, is in the table of its detail dashboard (click its name).",
+            finished_month_columns(breached_only=True),
+            [("month", "Month"), ("sla_service", "Service"), ("location", "Location")],
+            sort_by="Month",
+            sort_desc=True,
+            width=14,
+            height=10,
+            links=[
+                link(
+                    "Service detail",
+                    "/d/sla-service/sla-service-detail?var-service=${__data.fields.Service}"
+                    "&${__url_time_range}",
+                )
+            ],
+        )
     )

@@ -359,9 +359,10 @@ def table_panel(
     sort_desc: bool = False,
     width: int = 24,
     height: int = 8,
+    links: Sequence[dashboards.DashboardLink] = (),
 ) -> table.Panel:
     """A table joining instant queries on their labels: `labels` are (label, header) pairs,
-    shown first, then one column per value query."""
+    shown first, then one column per value query; `links` open from every cell."""
     rename = {label: header for label, header in labels}
     rename.update({f"Value #{REFS[i]}": column.name for i, column in enumerate(columns)})
     order = {label: i for i, (label, _) in enumerate(labels)}
@@ -399,4 +400,6 @@ def table_panel(
     )
     for column in columns:
         panel.override_by_name(column.name, column.properties())
+    if links:
+        panel.data_links(list(links))
     return panel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.builders import dashboard, table
 
 from grafana.generator.base import Settings, sla_dashboard
 from grafana.generator.panels import (
@@ -16,16 +16,19 @@ from grafana.generator.panels import (
     stat_panel,
     state_timeline_panel,
     steps,
+    table_panel,
     timeseries_panel,
     up_down,
 )
 from grafana.generator.shared import (
     BY_LOCATION,
     CURRENT_MONTH,
+    FINISHED,
     LOC,
     SVC,
     against_objective,
     budget_left_time,
+    finished_month_columns,
     location_variable,
     objective,
     service_variable,
@@ -43,7 +46,8 @@ def build(settings: Settings) -> dashboard.Dashboard:
         UID,
         "SLA service detail",
         "One service of the SLA: probe results and latency by phase over time, failures by "
-        "reason, maintenance windows and alerts (annotations), TLS expiry, and this month.",
+        "reason, maintenance windows and alerts (annotations), TLS expiry, this month and the "
+        "previous months.",
         time_from="now-6h",
     )
     board.with_variable(service_variable(multi=False))
@@ -86,6 +90,8 @@ def build(settings: Settings) -> dashboard.Dashboard:
     mail(board)
     board.with_row(dashboard.Row("This month"))
     month(board, settings)
+    board.with_row(dashboard.Row("Previous months"))
+    board.with_panel(previous_months())
     return board
 
 
@@ -400,4 +406,20 @@ def month(board: dashboard.Dashboard, settings: Settings) -> None:
             ),
             width=6,
         ).thresholds(steps(BLUE))
+    )
+
+
+def previous_months() -> table.Panel:
+    """Every finished month of the service the exporter keeps, per location."""
+    return table_panel(
+        "Previous months",
+        "The final figures of every finished month the exporter keeps (12 besides the running "
+        "one, from its own month ledger, so they survive Prometheus' retention), per location. "
+        "Compliance compares the month's failed time with its exact budget, under the objective "
+        f"the month ran under ({FINISHED}:sla_met:bool).",
+        finished_month_columns(),
+        [("month", "Month"), ("location", "Location")],
+        sort_by="Month",
+        sort_desc=True,
+        height=10,
     )

@@ -9,7 +9,9 @@ from grafana.generator.panels import (
     GREEN,
     RED,
     REFS,
+    Column,
     Query,
+    mapping,
     objective_from_query,
     stat_panel,
     steps,
@@ -24,6 +26,8 @@ POL = 'policy=~"$policy"'
 BY_LOCATION = f"{{{SVC}, {LOC}}}"
 CURRENT_MONTH = "and on (location, month) location_month:sla_month_current:bool"
 CURRENT_SUPPORT_MONTH = "and on (month) month:sla_support_month_current:bool"
+# The finished months' final figures (prometheus/rules/month.yml, group sla-month-finished).
+FINISHED = "sla_service_location_finished_month"
 
 SERVICE_VARIABLE_HELP = "Services of the SLA file (label sla_service)."
 LOCATION_VARIABLE_HELP = "Where the probes run from: one exporter per location (target label)."
@@ -51,6 +55,41 @@ def location_variable(selector: str = "sla_probe_success") -> dashboard.QueryVar
 def this_month(metric: str) -> Query:
     """A per-location month figure of the selected services, the running month only."""
     return Query(f"{metric}{BY_LOCATION} {CURRENT_MONTH}", "{{location}}", instant=True)
+
+
+def finished_month_columns(breached_only: bool = False) -> list[Column]:
+    """The final figures of the selected services' finished months, per location; with
+    `breached_only`, of the months that missed their objective alone (so that a table of
+    10,000 services lists the few breaches, not 120,000 months)."""
+    only = (
+        f" and on (sla_service, location, month) ({FINISHED}:sla_met:bool{BY_LOCATION} == 0)"
+        if breached_only
+        else ""
+    )
+    columns = [
+        Column(
+            "Availability",
+            f"{FINISHED}:sla_availability:ratio{BY_LOCATION}{only}",
+            "percentunit",
+            decimals=3,
+        )
+    ]
+    if not breached_only:
+        columns.append(
+            Column(
+                "Compliance",
+                f"{FINISHED}:sla_met:bool{BY_LOCATION}",
+                "none",
+                mappings=mapping({"1": ("met", GREEN), "0": ("breached", RED)}),
+                thresholds=steps(RED, (1, GREEN)),
+            )
+        )
+    return [
+        *columns,
+        Column("Downtime", f"{FINISHED}:downtime:seconds{BY_LOCATION}{only}", "s"),
+        Column("Budget left", f"{FINISHED}:error_budget_remaining:seconds{BY_LOCATION}{only}", "s"),
+        Column("Unknown time", f"{FINISHED}:unknown:seconds{BY_LOCATION}{only}", "s"),
+    ]
 
 
 def objective(instant: bool = True) -> Query:
