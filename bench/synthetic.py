@@ -3,9 +3,10 @@
 One model for both, so that the counters Prometheus scrapes continue the ones it was backfilled
 with, without a reset. Service i (named svc-00000...) is probed once a minute at its own second
 of the minute from START on, and fails every FAIL_EVERY[i % 5]-th probe (one service in five
-never fails). Its /metrics is the exporter's for an HTTPS service with 13 months of month
-tallies: the series of tests/golden/metrics.txt, one location (`location` is the target label
-Prometheus adds), as a year-old installation exposes them.
+never fails); one month in a hundred of its tallies is a breach. Its /metrics is the exporter's
+for an HTTPS service with 13 months of month tallies: the series of tests/golden/metrics.txt,
+one location (`location` is the target label Prometheus adds), as a year-old installation
+exposes them.
 
     python -m bench.synthetic --services 10000 --port 9141 --start 1767225600
 
@@ -28,6 +29,9 @@ FAIL_EVERY = (500, 1000, 2000, 4000, 0)  # 0: never
 PHASES = ("dns", "connect", "tls", "first_byte", "transfer")
 MONTH_STATES = ("up", "down", "unknown", "excluded", "maintenance", "unmonitored")
 MONTHS = 13
+# One service-month in BREACH_EVERY missed the objective (the overview's "Breached months"
+# table has rows to show: 1,200 at 10,000 services).
+BREACH_EVERY = 100
 SCRAPE = 15  # seconds, the shipped scrape interval
 SNAPSHOT = 300  # seconds, the spacing of the recorded counter snapshots
 COUNTERS = (
@@ -122,10 +126,12 @@ class Exposition:
                 f'sla_probe_phase_duration_seconds{{phase="{phase}",{label}}} 0.002\n'
                 for phase in PHASES
             ]
-            for key, start, end in spans:
+            for m, (key, start, end) in enumerate(spans):
                 of = f'{label},month="{key}"'
                 seconds = min(end, now) - start
                 down = 600.0 if FAIL_EVERY[i % len(FAIL_EVERY)] else 0.0
+                if (i * 7 + m) % BREACH_EVERY == BREACH_EVERY - 1:  # 2 % down: over the budget
+                    down = 0.02 * seconds
                 values = {"up": seconds - down, "down": down}
                 static += [
                     f'sla_month_seconds{{{of},state="{state}"}} {values.get(state, 0.0):.0f}\n'

@@ -108,12 +108,21 @@ def test_smoke_run_of_the_rules_section_times_every_group_and_panel(tmp_path: Pa
     panels = shipped["panels"]
     assert {row["dashboard"] for row in panels} == {"sla-overview", "sla-service"}
     empty = [f"{row['panel']} {row['ref']}" for row in panels if not row["series"]]
-    # Nothing fails or breaches in 20 healthy services: these have nothing to show.
+    # Nothing fails now in 20 services that are up: these have nothing to show; nor have the
+    # mail panels, the services being HTTPS.
     assert set(empty) <= {
         "Failing since A",
         "Services breaching this month A",
         "Alerts firing A",
+        "Delivery time A",
+        "Delivery time B",
+        "Late messages A",
+        "Checks A",
+        "DNSSEC validated A",
     }, empty
+    # Two of the 20 services breached a finished month (synthetic.BREACH_EVERY): listed.
+    breached = [row for row in panels if row["panel"] == "Breached months"]
+    assert len(breached) == 4 and all(row["series"] == 2 for row in breached), breached
     series = shipped["series"]
     assert series["scraped_per_service"] >= 130  # 13 months of month tallies each
     assert 0 < series["recorded_per_service"] < series["scraped_per_service"] * 2
