@@ -22,7 +22,7 @@ from grafana.generator.panels import (
 from grafana.generator.shared import (
     BY_LOCATION,
     CURRENT_MONTH,
-    FINISHED,
+    LOC,
     SVC,
     against_objective,
     budget_left_time,
@@ -223,31 +223,36 @@ def per_service(board: dashboard.Dashboard, settings: Settings) -> None:
 
 
 def previous_months(board: dashboard.Dashboard) -> None:
-    """The finished months in two tables that stay short at any number of services: one row
+    """The finished months in two tables that stay short at any number of services, from series
+    recorded for them (prometheus/rules/month.yml, group sla-month-finished-tables): one row
     per month and location, then the months that missed their objective. Every month of one
     service is on its detail dashboard (a data link away)."""
-    met = f"{FINISHED}:sla_met:bool{BY_LOCATION}"
+
+    def per_month(figure: str) -> str:
+        return f"location_finished_month:{figure}{{{LOC}}}"
+
     board.with_panel(
         table_panel(
             "Previous months",
             "Every finished month the exporter keeps (12 besides the running one, from its own "
             "month ledger, so they survive Prometheus' retention), one row per month and "
-            "location: how many of the selected services were measured, how many met their "
-            "objective and breached it (failed time against the month's exact budget, under the "
-            f"objective the month ran under: {FINISHED}:sla_met:bool), and the lowest "
-            "availability among them. Which services breached: the next table.",
+            "location, over every service of the SLA (the service filter does not apply): how "
+            "many were measured, how many met their objective and how many breached it (failed "
+            "time against the month's exact budget, under the objective the month ran under), "
+            "and the lowest availability among them. Which services breached: the next table. "
+            "Rules: location_finished_month:*.",
             [
-                Column("Services", f"count by (month, location) ({met})", "none"),
-                Column("Met", f"sum by (month, location) ({met})", "none"),
+                Column("Services", per_month("sla_services:count"), "none"),
+                Column("Met", per_month("sla_met:count"), "none"),
                 Column(
                     "Breached",
-                    f"sum by (month, location) (1 - {met})",
+                    per_month("sla_breached:count"),
                     "none",
                     thresholds=steps(GREEN, (1, RED)),
                 ),
                 Column(
                     "Lowest availability",
-                    f"min by (month, location) ({FINISHED}:sla_availability:ratio{BY_LOCATION})",
+                    per_month("sla_availability:min"),
                     "percentunit",
                     decimals=3,
                 ),
@@ -264,7 +269,8 @@ def previous_months(board: dashboard.Dashboard) -> None:
             "Breached months",
             "The finished months in which a selected service missed its objective, per "
             "location, with their final figures. Empty while every month was met. A service's "
-            "every month, met or not, is in the table of its detail dashboard (click its name).",
+            "every month, met or not, is in the table of its detail dashboard (click its row). "
+            "Rules: sla_service_location_breached_month:*.",
             finished_month_columns(breached_only=True),
             [("month", "Month"), ("sla_service", "Service"), ("location", "Location")],
             sort_by="Month",
