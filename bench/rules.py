@@ -706,7 +706,7 @@ async def run_phase(
         # A 15 s group 4 times, one every minute or two twice, the 5-minute group once.
         minimum = {"*": 3} if quick else {"*": 4}
         for name, every in ran.items():
-            slow = 1 if seconds(every) >= 300 else 2 if seconds(every) >= 60 else minimum["*"]
+            slow = 1 if seconds(every) >= 240 else 2 if seconds(every) >= 60 else minimum["*"]
             minimum.setdefault(name, slow)
         result["groups"] = await evaluations(session, prom, minimum, timeout, log)
         if prom.proc:
