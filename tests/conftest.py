@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from sla_exporter.eventloop import uvloop_factory
+
 try:
     import uvloop
 except ImportError:  # Windows: the exporter runs on asyncio's loop only
@@ -78,8 +80,9 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test runs on both event loops the exporter can run on (`--event-loop`):
-    uvloop, its default, and asyncio's own, where uvloop is not installed."""
+    uvloop (the exporter's, eventloop.py), its default, and asyncio's own, where uvloop is not
+    installed."""
     loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
     if uvloop is not None:
-        loops["uvloop"] = uvloop.new_event_loop
+        loops["uvloop"] = uvloop_factory()
     return loops

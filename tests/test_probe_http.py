@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import tracemalloc
 from pathlib import Path
@@ -699,6 +700,35 @@ async def test_a_secret_echoed_by_the_server_never_reaches_the_message() -> None
     assert result.reason == Reason.BODY_MISMATCH
     assert "k3y-s3cr3t" not in result.message
     assert result.message.endswith('JSON field user is "***", expected "alice"')
+
+
+async def test_a_probes_requests_are_worked_out_once_and_forgotten_with_its_config() -> None:
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers["X-Api-Key"])
+        return web.json_response({"user": request.headers["X-Api-Key"]})
+
+    config = HTTPProbe.model_validate(
+        {
+            "url": "http://127.0.0.1:9/",
+            "headers": {"X-Api-Key": SecretStr("k3y-s3cr3t")},
+            "expect": {"json": {"user": "alice"}},
+        }
+    )
+    async with serve(app_with(web.get("/", echo))) as url:
+        config = config.model_copy(update={"url": f"{url}/"})
+        first, second = [await run_probe(http.probe, config, 2) for _ in range(2)]
+        plan = http._plan(config)
+        assert http._plan(config) is plan  # the runs above made it; this one reuses it
+    # Every run sends the secret and keeps it out of the message, the plan's first or not.
+    assert seen == ["k3y-s3cr3t", "k3y-s3cr3t"]
+    assert first.message == second.message
+    assert second.message.endswith('JSON field user is "***", expected "alice"')
+    key = id(config)
+    del config, plan
+    gc.collect()
+    assert key not in http._plans  # a reloaded config does not leave its plan behind
 
 
 async def test_a_query_string_is_left_out_of_messages() -> None:

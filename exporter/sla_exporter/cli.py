@@ -18,6 +18,7 @@ from aiohttp import web
 from . import __version__, webconfig
 from . import config as config_mod
 from .durations import parse_duration
+from .eventloop import library, uvloop_factory
 from .exporter import Exporter, Shard
 from .loader import ConfigInvalid
 from .replicas import basic_auth_file, ca_context
@@ -220,11 +221,10 @@ def run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
     """Run `main` to completion on a new event loop of the kind `event_loop` names."""
     if event_loop == "uvloop":
         try:
-            import uvloop
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop_factory()
         except ImportError:
             main.close()
             raise RuntimeError("--event-loop=uvloop: uvloop is not installed") from None
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     else:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -441,7 +441,7 @@ async def serve(
         max_connections,
         file_limit,
         __version__,
-        type(loop).__module__.partition(".")[0],
+        library(loop),
     )
     stop = asyncio.Event()
     reloads: set[asyncio.Task[object]] = set()

@@ -17,7 +17,7 @@ import functools
 import os
 import ssl
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Protocol
 
 from ..values import TLS
@@ -79,11 +79,21 @@ class _ObservedContext(ssl.SSLContext):
 @contextlib.contextmanager
 def observing(observer: HandshakeObserver) -> Iterator[None]:
     """Report the handshakes of connections opened in this block to `observer`."""
-    token = _observer.set(observer)
+    token = start_observing(observer)
     try:
         yield
     finally:
-        _observer.reset(token)
+        stop_observing(token)
+
+
+def start_observing(observer: HandshakeObserver) -> Token[HandshakeObserver | None]:
+    """Report the handshakes of connections opened from now on in this context to `observer`,
+    until `stop_observing` (what `observing` does, without a generator per probe)."""
+    return _observer.set(observer)
+
+
+def stop_observing(token: Token[HandshakeObserver | None]) -> None:
+    _observer.reset(token)
 
 
 @functools.lru_cache(maxsize=32)
