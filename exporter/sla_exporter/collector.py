@@ -278,9 +278,16 @@ class ServiceCollector(Collector):
         self, openmetrics: bool = False, names: set[str] | None = None
     ) -> pausing.Steps[list[bytes]]:
         """The work of `render`, as steps between which the event loop may run."""
+        out = yield from self.writing()
+        return [] if out is None else out.text(openmetrics, names)
+
+    def writing(self) -> pausing.Steps[Exposition | None]:
+        """Every service's series as they are now, to be handed out family by family
+        (`Exposition.chunks`; /metrics sends each as it is joined); None without a config.
+        Steps between which the event loop may run."""
         config = self.config()
         if config is None:
-            return []
+            return None
         now = self.clock()
         ledger = self.ledger()
         when = datetime.fromtimestamp(now, UTC)
@@ -363,7 +370,7 @@ class ServiceCollector(Collector):
             yield
         if months is not None:
             months.bounds_families()
-        return out.text(openmetrics, names)
+        return out
 
 
 class _Months:
