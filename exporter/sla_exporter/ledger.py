@@ -827,17 +827,8 @@ class Ledger:
         the start of the service's current slot, by the ledger's clock (which never goes back),
         with the settings in force now."""
         pending = slot(service, ms(interval), self.now(clock)) / 1000
-        return self.figures(
-            service,
-            key,
-            clock,
-            pending_from=pending,
-            future_maintenance=windows,
-            objective=objective,
-            unknown=unknown,
-            book=book,
-            spans=spans,
-        )
+        # By position: called for every service and month at each scrape.
+        return self.figures(service, key, clock, pending, windows, objective, unknown, book, spans)
 
     def figures(
         self,
