@@ -454,7 +454,9 @@ def test_thirteen_months_are_kept_and_older_ones_pruned(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.json", "UTC")
     for year, month in [(2025, m) for m in range(1, 13)] + [(2026, m) for m in range(1, 4)]:
         ledger.record("web", ts(f"{year}-{month:02d}-15T00:00:00+00:00"), 300, True)
+    ledger.exposed("web", "2025-01", ts("2026-03-20T00:00:00+00:00"), 300, (), 0.99, "down")
     ledger.prune()
+    assert ("web", "2025-01") not in ledger._figures  # nor the figures kept of a pruned month
     ledger.flush()
     kept = json.loads((tmp_path / "l.json").read_text())["services"]["web"]["months"]
     assert sorted(kept) == [f"2025-{m:02d}" for m in range(3, 13)] + [

@@ -787,11 +787,12 @@ class Ledger:
         Services that left the config keep their months (they are no longer exposed), so removing
         a service by mistake and adding it back does not erase its month.
         """
-        for book in self.books.values():
+        for name, book in self.books.items():
             if len(book.months) <= self.keep_months:
                 continue
             for key in sorted(book.months)[: -self.keep_months]:
                 del book.months[key]
+                self._figures.pop((name, key), None)
                 self._dirty = True
 
     # -- figures ------------------------------------------------------------------------------
