@@ -583,3 +583,19 @@ async def test_openmetrics_gzip_and_name_filters_serve_the_same_samples(running)
     assert om_text.endswith("# EOF\n")
     kept = {name for name, _ in ours(samples(filtered))}
     assert kept == {"sla_probe_success", "sla_info"}
+
+
+async def test_metrics_is_sent_in_chunks_and_a_head_request_gets_the_headers_alone(
+    running,
+) -> None:
+    """/metrics is sent family by family as it is written (web.py), so without a length."""
+    _, server, _, _ = running
+    url = server.make_url("/metrics")
+    async with ClientSession() as session:
+        async with session.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+            assert "sla_info{" in await resp.text()
+        async with session.head(url) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            assert await resp.read() == b""

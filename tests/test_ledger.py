@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sla_exporter.ledger import (
+    Figures,
     Ledger,
     LedgerInvalid,
     Month,
@@ -453,7 +454,9 @@ def test_thirteen_months_are_kept_and_older_ones_pruned(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.json", "UTC")
     for year, month in [(2025, m) for m in range(1, 13)] + [(2026, m) for m in range(1, 4)]:
         ledger.record("web", ts(f"{year}-{month:02d}-15T00:00:00+00:00"), 300, True)
+    ledger.exposed("web", "2025-01", ts("2026-03-20T00:00:00+00:00"), 300, (), 0.99, "down")
     ledger.prune()
+    assert ("web", "2025-01") not in ledger._figures  # nor the figures kept of a pruned month
     ledger.flush()
     kept = json.loads((tmp_path / "l.json").read_text())["services"]["web"]["months"]
     assert sorted(kept) == [f"2025-{m:02d}" for m in range(3, 13)] + [
@@ -493,3 +496,65 @@ def test_each_moment_keeps_the_first_result_that_covered_it(
     for before, after in itertools.pairwise(month.runs):  # sorted, disjoint, merged
         assert before.end <= after.start
         assert not (before.end == after.start and before.up == after.up)
+
+
+def test_figures_kept_between_two_questions_are_the_figures_counted_afresh() -> None:
+    """The ledger keeps each month's figures with what they were counted from, for the next
+    scrape: whatever is asked in between, each answer is the one counted from scratch."""
+    ledger = Ledger(None, "Europe/Zurich")
+    now = ts("2026-11-10T12:00:00+01:00")
+    window = [(now - 1200, now - 600)]
+
+    def both(
+        clock: float, objective: float = 0.99, windows: Sequence[tuple[float, float]] = ()
+    ) -> Figures:
+        kept = ledger.exposed("api", "2026-11", clock, 60, windows, objective, "down")
+        # The ledger's own cache set aside: the figures counted from scratch.
+        saved, ledger._figures = ledger._figures, {}
+        try:
+            afresh = ledger.exposed("api", "2026-11", clock, 60, windows, objective, "down")
+        finally:
+            ledger._figures = saved
+        assert kept == afresh
+        return kept
+
+    ledger.advance(now - 3600, "api", 0.99, "down", ())
+    before = both(now)
+    assert ledger.exposed("api", "2026-11", now, 60, (), 0.99, "down") is before  # kept
+    # A first result that is the exporter's own fault: monitored from its slot on, but the
+    # month's time is not covered by it (the month itself is unchanged).
+    ledger.record("api", slot("api", MIN, ms(now - 1800)) / 1000, 60, False, known=False)
+    assert both(now) != before
+    # Another objective, other windows, asked in turns.
+    assert both(now, objective=0.995) != both(now)
+    assert both(now, windows=window) != both(now)
+    # The settings recorded up to a time inside the window, without the window: its part
+    # before that time is no longer maintenance to come.
+    inside = both(now, windows=window)
+    ledger.advance(now - 900, "api", 0.99, "down", ())
+    assert both(now, windows=window) != inside
+    # A window over the pending slot, before the time recorded: only the time to come sees it.
+    pending = slot("api", MIN, ms(now)) / 1000
+    ledger.advance(now, "api", 0.99, "down", ())
+    assert both(now, windows=[(pending, now)]) != both(now)
+    # The clock at the next slot, and the figures asked without a pending slot.
+    both(now + 60)
+    assert ledger.figures("api", "2026-11", now + 60) != both(now + 60)
+
+
+def test_a_finished_month_is_counted_to_its_end_once_the_slot_across_it_is_over() -> None:
+    """The slot that straddles the end of a month is pending for a while after the month ends;
+    if no result ever comes for it (missed), the month's last moments are unknown once it is
+    over, not left out of the month forever."""
+    ledger = Ledger(None, "UTC")
+    start, end = (t / 1000 for t in (ms(t) for t in month_bounds("2026-11", ZoneInfo("UTC"))))
+    name = next(f"svc{i}" for i in itertools.count() if slot(f"svc{i}", MIN, ms(end)) < ms(end))
+    straddling = slot(name, MIN, ms(end)) / 1000
+    ledger.advance(start, name, 0.99, "down", ())
+    ledger.record(name, start, straddling - start, True)
+    ledger.advance(end + 1, name, 0.99, "down", ())  # the month is over and committed
+    pending = ledger.exposed(name, "2026-11", end + 1, 60, (), 0.99, "down")
+    assert pending.end == ms(straddling)  # the straddling slot is still pending
+    over = ledger.exposed(name, "2026-11", straddling + 61, 60, (), 0.99, "down")
+    assert over.end == ms(end)
+    assert over.seconds["unknown"] == ms(end - straddling)

@@ -278,9 +278,16 @@ class ServiceCollector(Collector):
         self, openmetrics: bool = False, names: set[str] | None = None
     ) -> pausing.Steps[list[bytes]]:
         """The work of `render`, as steps between which the event loop may run."""
+        out = yield from self.writing()
+        return [] if out is None else out.text(openmetrics, names)
+
+    def writing(self) -> pausing.Steps[Exposition | None]:
+        """Every service's series as they are now, to be handed out family by family
+        (`Exposition.chunks`; /metrics sends each as it is joined); None without a config.
+        Steps between which the event loop may run."""
         config = self.config()
         if config is None:
-            return []
+            return None
         now = self.clock()
         ledger = self.ledger()
         when = datetime.fromtimestamp(now, UTC)
@@ -311,8 +318,9 @@ class ServiceCollector(Collector):
         for batch in pausing.batched(list(self.store.services.values()), BATCH):
             for state in batch:
                 label, service = state.label, state.service
+                kind = service.kind  # a property that looks for it: once per service
                 description = escape(service.description)
-                service_info(f'description="{description}",kind="{service.kind}",{label}', 1.0)
+                service_info(f'description="{description}",kind="{kind}",{label}', 1.0)
                 interval(label, service.interval)
                 timeout(label, service.effective_timeout)
                 objective(label, state.objective)
@@ -334,7 +342,7 @@ class ServiceCollector(Collector):
                     maintenance_end(label, max(ends).timestamp())
                 if months is not None:
                     months.add(state)
-                if service.kind == "mail_delivery":
+                if kind == "mail_delivery":
                     total = 0
                     for le, count in zip(bucket_labels, state.delivery_buckets, strict=False):
                         total += count
@@ -363,7 +371,10 @@ class ServiceCollector(Collector):
             yield
         if months is not None:
             months.bounds_families()
-        return out.text(openmetrics, names)
+        return out
+
+
+_STATE_LABELS = [(kind, f',state="{kind}"') for kind in STATES]
 
 
 class _Months:
@@ -398,8 +409,9 @@ class _Months:
                 self.bounds[key] = ledger.bounds(key)
             figures = ledger.exposed(name, key, now, interval, windows, state.objective, unknown)
             labels = f'month="{key}",{label}'
-            for kind in STATES:
-                self.seconds(f'{labels},state="{kind}"', figures.seconds[kind] / 1000)
+            seconds, write = figures.seconds, self.seconds
+            for kind, suffix in _STATE_LABELS:
+                write(labels + suffix, seconds[kind] / 1000)
             self.budget(labels, figures.budget / 1000)
             self.objective(labels, figures.objective)
             self.slot(labels, interval)

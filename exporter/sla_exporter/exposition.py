@@ -10,7 +10,7 @@ lines, they take a fraction of that.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
@@ -67,14 +67,15 @@ Write = Callable[[str, float], None]  # (labels as written inside the braces, va
 class Exposition:
     """The lines of each family, in the families' order, however the samples arrive.
 
-    Lines are joined into one string per family at each `flush` (between two pauses of the
-    rendering): a few hundred thousand small strings alive at once would cost more than the text.
+    Lines are joined into one piece of text per family at each `flush` (between two pauses of
+    the rendering), encoded at once: a few hundred thousand small strings alive at once would
+    cost more than the text, and the text held as a string and as bytes twice as much.
     """
 
     def __init__(self, families: Sequence[Family]) -> None:
         self.families = families
         self._pending: dict[Family, list[str]] = {f: [] for f in families}
-        self._joined: dict[Family, list[str]] = {f: [] for f in families}
+        self._joined: dict[Family, list[bytes]] = {f: [] for f in families}
 
     def writer(self, family: Family, suffix: str = "") -> Write:
         """A function that writes one sample of `family`: `write('sla_service="x"', 1.0)`;
@@ -82,7 +83,9 @@ class Exposition:
         append, sample = self._pending[family].append, family.sample + suffix
 
         def write(labels: str, value: float) -> None:
-            append(f"{sample}{{{labels}}} {number(value)}\n")
+            # number(), inlined for the usual case: a call less for each of ~300,000 samples
+            text = repr(float(value)) if value < 1e6 else number(value)
+            append(f"{sample}{{{labels}}} {text}\n")
 
         return write
 
@@ -93,18 +96,20 @@ class Exposition:
     def flush(self) -> None:
         for family, pending in self._pending.items():
             if pending:
-                self._joined[family].append("".join(pending))
+                self._joined[family].append("".join(pending).encode())
                 pending.clear()
 
-    def text(self, openmetrics: bool, names: Iterable[str] | None = None) -> list[bytes]:
-        """Every family's HELP, TYPE and samples; with `names`, only those sample names."""
+    def chunks(self, openmetrics: bool, names: Iterable[str] | None = None) -> Iterator[bytes]:
+        """Every family's HELP, TYPE and samples, one family at a time (what is handed out
+        is let go of); with `names`, only those sample names."""
         self.flush()
         wanted = None if names is None else set(names)
-        out = []
         for family in self.families:
             parts = self._joined[family]
             if wanted is None or not wanted.isdisjoint(family.samples):
-                out.append(headers(family, openmetrics).encode())
-                out.extend(part.encode() for part in parts)
+                yield b"".join([headers(family, openmetrics).encode(), *parts])
             parts.clear()
-        return out
+
+    def text(self, openmetrics: bool, names: Iterable[str] | None = None) -> list[bytes]:
+        """`chunks()` all at once."""
+        return list(self.chunks(openmetrics, names))

@@ -181,7 +181,7 @@ class Month:
     # format for recovering a month from the series Prometheus holds).
     carried: dict[str, int] = field(default_factory=dict)
     carried_until: int = 0
-    version: int = 0  # bumped on every change, for the cache of finished months' figures
+    version: int = 0  # bumped on every change, for the figures the ledger keeps (`_figures`)
 
     def fill(self, start: int, end: int, up: bool, reason: str | None) -> int:
         """Cover the part of [start, end) no result covers yet; return the milliseconds added."""
@@ -283,7 +283,7 @@ class Span:
     reasons: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one kept per service and month shown (`_figures`)
 class Figures:
     """A service's month as the SLA counts it, in milliseconds, at some moment."""
 
@@ -409,7 +409,10 @@ class Ledger:
         self._dirty = False
         self._bounds: dict[str, tuple[int, int]] = {}
         self._last_key = ("", 0, 0)
-        self._final: dict[tuple[str, str], tuple[int, Figures]] = {}  # finished months
+        # The figures last counted of each service's month, with what they were counted from
+        # (`figures()`): a scrape every 15 s asks again for months most of which have not
+        # changed since the last one.
+        self._figures: dict[tuple[str, str], tuple[Month | None, tuple[object, ...], Figures]] = {}
         if path is not None and path.exists():
             self._read(path)
 
@@ -533,7 +536,7 @@ class Ledger:
             )
         self.zone = ZoneInfo(timezone)
         self._bounds.clear()
-        self._final.clear()
+        self._figures.clear()
         self._last_key = ("", 0, 0)
 
     def bounds(self, key: str) -> tuple[int, int]:
@@ -784,11 +787,12 @@ class Ledger:
         Services that left the config keep their months (they are no longer exposed), so removing
         a service by mistake and adding it back does not erase its month.
         """
-        for book in self.books.values():
+        for name, book in self.books.items():
             if len(book.months) <= self.keep_months:
                 continue
             for key in sorted(book.months)[: -self.keep_months]:
                 del book.months[key]
+                self._figures.pop((name, key), None)
                 self._dirty = True
 
     # -- figures ------------------------------------------------------------------------------
@@ -824,17 +828,8 @@ class Ledger:
         the start of the service's current slot, by the ledger's clock (which never goes back),
         with the settings in force now."""
         pending = slot(service, ms(interval), self.now(clock)) / 1000
-        return self.figures(
-            service,
-            key,
-            clock,
-            pending_from=pending,
-            future_maintenance=windows,
-            objective=objective,
-            unknown=unknown,
-            book=book,
-            spans=spans,
-        )
+        # By position: called for every service and month at each scrape.
+        return self.figures(service, key, clock, pending, windows, objective, unknown, book, spans)
 
     def figures(
         self,
@@ -862,12 +857,8 @@ class Ledger:
         start, end = self.bounds(key)
         own = book is None
         book = book or self.books.get(service) or ServiceBook()
-        month = book.months.get(key) or Month()
-        final = own and spans is None and end <= now and end <= (book.committed or 0)
-        if final:
-            cached = self._final.get((service, key))
-            if cached is not None and cached[0] == month.version:
-                return cached[1]
+        stored = book.months.get(key)
+        month = stored if stored is not None else Month()
         upto = min(now, end)
         if pending_from is not None:  # the current slot is decided when it is over
             upto = max(start, min(upto, ms(pending_from)))
@@ -878,9 +869,30 @@ class Ledger:
             for last in [self._last_term(book) or Term(start, objective or 0.99, unknown)]
         ]
         # Time `advance()` has not recorded yet runs on the settings given, if they differ.
+        uncommitted = max(start, book.committed or start)
         now_objective = terms[-1].objective if objective is None else objective
         if (terms[-1].objective, terms[-1].unknown) != (now_objective, unknown):
-            terms.append(Term(max(start, book.committed or start), now_objective, unknown))
+            terms.append(Term(uncommitted, now_objective, unknown))
+        future = tuple((ms(a), ms(b)) for a, b in future_maintenance) if future_maintenance else ()
+        future_uncommitted = tuple(_clip(future, uncommitted, end)) if future else ()
+        # What follows reads nothing but these (the month through its version, which every
+        # change to it bumps): the same inputs, the same figures, counted once. `committed`
+        # moves every few seconds (`advance()`), but counts only through the terms and the
+        # declared windows past it.
+        inputs = (
+            month.version,
+            start,
+            end,
+            upto,
+            book.since,
+            tuple(terms),
+            future,
+            future_uncommitted,
+        )
+        if own and spans is None:
+            cached = self._figures.get((service, key))
+            if cached is not None and cached[0] is stored and cached[1] == inputs:
+                return cached[2]
         seconds: dict[str, int] = dict.fromkeys(STATES, 0)
         counted_at: dict[float, int] = {}  # ms that count, by the objective in force then
         for state, value in month.carried.items():
@@ -899,13 +911,7 @@ class Ledger:
         lo = max(lo, unmonitored_end)
         # Declared maintenance: as recorded, and as the SLA file says now for what `advance()`
         # has not recorded yet.
-        uncommitted = max(start, book.committed or start)
-        declared = _union(
-            [
-                *month.maintenance,
-                *_clip(((ms(a), ms(b)) for a, b in future_maintenance), uncommitted, end),
-            ]
-        )
+        declared = _union([*month.maintenance, *future_uncommitted])
         maintenance = _clip(declared, lo, upto)
         seconds["maintenance"] += _length(maintenance)
         if spans is not None:
@@ -938,7 +944,7 @@ class Ledger:
             counted_at[term.objective] = counted_at.get(term.objective, 0) + counted
         # Time still to come (the current slot included) counts toward the budget at today's
         # terms, but for declared maintenance.
-        declared = _union([*month.maintenance, *((ms(a), ms(b)) for a, b in future_maintenance)])
+        declared = _union([*month.maintenance, *future])
         rest = _length(_minus([(upto, end)], declared))
         last = terms[-1].objective
         counted_at[last] = counted_at.get(last, 0) + rest
@@ -950,8 +956,8 @@ class Ledger:
             weighted = float(1 - budget / countable) if countable else terms[-1].objective
         accounted = sum(seconds.values())
         figures = Figures(seconds, int(budget), weighted, start + accounted)
-        if final:
-            self._final[(service, key)] = (month.version, figures)
+        if own and spans is None:
+            self._figures[(service, key)] = (stored, inputs, figures)
         if spans is not None:
             spans.sort(key=lambda span: span.start)
         return figures
