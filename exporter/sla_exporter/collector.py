@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -298,87 +299,116 @@ class ServiceCollector(Collector):
         out.sample(UNKNOWN, 1.0 if config.sla.unknown == "down" else 0.0)
         months = _Months(ledger, config, now, out, self.pooled()) if ledger is not None else None
 
-        service_info, success, duration, phases = (
-            w(SERVICE_INFO),
-            w(SUCCESS),
-            w(DURATION),
-            w(PHASES),
-        )
-        last_run, interval, timeout, objective = w(LAST_RUN), w(INTERVAL), w(TIMEOUT), w(OBJECTIVE)
-        tls_expiry, status, probes, failures = w(TLS_EXPIRY), w(STATUS), w(PROBES), w(FAILURES)
-        reasons, maint_probes, maint_failures = w(REASONS), w(MAINT_PROBES), w(MAINT_FAILURES)
-        missed, confirmations, maintenance = w(MISSED), w(CONFIRMATIONS), w(MAINTENANCE)
-        maintenance_end, consecutive = w(MAINTENANCE_END), w(CONSECUTIVE)
-        failing_since = w(FAILING_SINCE)
-        checks, dnssec, late = w(CHECKS), w(DNSSEC), w(LATE)
-        buckets, delivery_sum = w(DELIVERY, "_bucket"), w(DELIVERY, "_sum")
-        delivery_count = w(DELIVERY, "_count")
+        column, counts = out.column, out.counts
         bucket_labels = [f'le="{number(bound)}"' for bound in DELIVERY_BUCKETS] + ['le="+Inf"']
         windows = config.maintenance
         for batch in pausing.batched(list(self.store.services.values()), BATCH):
-            for state in batch:
-                label, service = state.label, state.service
-                kind = service.kind  # a property that looks for it: once per service
-                description = escape(service.description)
-                service_info(f'description="{description}",kind="{kind}",{label}', 1.0)
-                interval(label, service.interval)
-                timeout(label, service.effective_timeout)
-                objective(label, state.objective)
-                probes(label, state.probes)
-                failures(label, state.failures)
-                maint_probes(label, state.maintenance_probes)
-                maint_failures(label, state.maintenance_failures)
-                missed(label, state.missed_runs)
-                if service.confirm is not None:
-                    confirmations(label, state.confirmations)
-                consecutive(label, state.consecutive_failures)
-                if state.failing_since is not None:
-                    failing_since(label, state.failing_since)
-                for reason, count in state.reasons.items():
-                    reasons(f'reason="{reason}",{label}', count)
-                ends = [m.end for m in windows if m.covers(state.name, when)] if windows else []
-                maintenance(label, 1.0 if ends else 0.0)
-                if ends:
-                    maintenance_end(label, max(ends).timestamp())
-                if months is not None:
-                    months.add(state)
+            # Family by family for the batch (each service is still written in one go: nothing
+            # runs on the loop in between); a service's labels are escaped once (store.py).
+            labels = [state.label for state in batch]
+            services = [state.service for state in batch]
+            kinds = [service.kind for service in services]  # a property that looks for it
+            info = [
+                f'description="{escape(service.description)}",kind="{kind}",{label}'
+                for service, kind, label in zip(services, kinds, labels, strict=True)
+            ]
+            counts(SERVICE_INFO, info, [1] * len(batch))
+            column(INTERVAL, labels, [service.interval for service in services])
+            column(TIMEOUT, labels, [service.effective_timeout for service in services])
+            column(OBJECTIVE, labels, [state.objective for state in batch])
+            counts(PROBES, labels, [state.probes for state in batch])
+            counts(FAILURES, labels, [state.failures for state in batch])
+            counts(MAINT_PROBES, labels, [state.maintenance_probes for state in batch])
+            counts(MAINT_FAILURES, labels, [state.maintenance_failures for state in batch])
+            counts(MISSED, labels, [state.missed_runs for state in batch])
+            confirming = [state for state in batch if state.service.confirm is not None]
+            counts(
+                CONFIRMATIONS,
+                [state.label for state in confirming],
+                [state.confirmations for state in confirming],
+            )
+            counts(CONSECUTIVE, labels, [state.consecutive_failures for state in batch])
+            failing = [(s.label, at) for s in batch if (at := s.failing_since) is not None]
+            column(FAILING_SINCE, [text for text, _ in failing], [at for _, at in failing])
+            reasons = [
+                (f'reason="{reason}",{state.label}', count)
+                for state in batch
+                for reason, count in state.reasons.items()
+            ]
+            counts(REASONS, [text for text, _ in reasons], [count for _, count in reasons])
+            if windows:
+                ends = [[m.end for m in windows if m.covers(s.name, when)] for s in batch]
+                counts(MAINTENANCE, labels, [1 if e else 0 for e in ends])
+                covered = [(label, max(e)) for label, e in zip(labels, ends, strict=True) if e]
+                column(
+                    MAINTENANCE_END,
+                    [label for label, _ in covered],
+                    [end.timestamp() for _, end in covered],
+                )
+            else:
+                counts(MAINTENANCE, labels, [0] * len(batch))
+            if months is not None:
+                months.add(batch)
+            for state, kind in zip(batch, kinds, strict=True):
                 if kind == "mail_delivery":
-                    total = 0
-                    for le, count in zip(bucket_labels, state.delivery_buckets, strict=False):
-                        total += count
-                        buckets(f"{le},{label}", total)
-                    buckets(f"{bucket_labels[-1]},{label}", state.delivery_count)
-                    delivery_sum(label, state.delivery_sum)
-                    delivery_count(label, state.delivery_count)
-                    late(label, state.late_deliveries)
-                last = state.last
-                if last is None:
-                    continue
-                success(label, 1.0 if last.success else 0.0)
-                duration(label, last.duration)
-                last_run(label, last.timestamp)
-                for phase, seconds in last.phases.items():
-                    phases(f'phase="{phase}",{label}', seconds)
-                if last.tls_expiry is not None:
-                    tls_expiry(label, last.tls_expiry)
-                if last.status_code is not None:
-                    status(label, last.status_code)
-                for check, passed in last.checks.items():
-                    checks(f'check="{escape(check)}",{label}', 1.0 if passed else 0.0)
-                if last.dnssec is not None:
-                    dnssec(label, 1.0 if last.dnssec else 0.0)
+                    self._delivery(out, state, bucket_labels)
+            done = [(state.label, last) for state in batch if (last := state.last) is not None]
+            labels = [label for label, _ in done]
+            results = [result for _, result in done]
+            counts(SUCCESS, labels, [1 if result.success else 0 for result in results])
+            column(DURATION, labels, [result.duration for result in results])
+            column(LAST_RUN, labels, [result.timestamp for result in results])
+            phases = [
+                (f'phase="{phase}",{label}', seconds)
+                for label, result in zip(labels, results, strict=True)
+                for phase, seconds in result.phases.items()
+            ]
+            column(PHASES, [text for text, _ in phases], [seconds for _, seconds in phases])
+            expiring = [
+                (label, result.tls_expiry)
+                for label, result in zip(labels, results, strict=True)
+                if result.tls_expiry is not None
+            ]
+            column(TLS_EXPIRY, [text for text, _ in expiring], [at for _, at in expiring])
+            coded = [
+                (label, result.status_code)
+                for label, result in zip(labels, results, strict=True)
+                if result.status_code is not None
+            ]
+            counts(STATUS, [text for text, _ in coded], [code for _, code in coded])
+            checks = [
+                (f'check="{escape(check)}",{label}', 1 if passed else 0)
+                for label, result in zip(labels, results, strict=True)
+                for check, passed in result.checks.items()
+            ]
+            counts(CHECKS, [text for text, _ in checks], [v for _, v in checks])
+            signed = [
+                (label, result.dnssec)
+                for label, result in zip(labels, results, strict=True)
+                if result.dnssec is not None
+            ]
+            counts(DNSSEC, [text for text, _ in signed], [1 if ok else 0 for _, ok in signed])
             out.flush()
             yield
         if months is not None:
             months.bounds_families()
         return out
 
-
-_STATE_LABELS = [(kind, f',state="{kind}"') for kind in STATES]
+    @staticmethod
+    def _delivery(out: Exposition, state: ServiceState, bucket_labels: list[str]) -> None:
+        """The delivery-time histogram of a mail_delivery service (cumulative buckets)."""
+        label = state.label
+        cumulative = list(itertools.accumulate(state.delivery_buckets))
+        cumulative.append(state.delivery_count)
+        out.counts(DELIVERY, [f"{le},{label}" for le in bucket_labels], cumulative, "_bucket")
+        out.column(DELIVERY, [label], [state.delivery_sum], "_sum")
+        out.counts(DELIVERY, [label], [state.delivery_count], "_count")
+        out.counts(LATE, [label], [state.late_deliveries])
 
 
 class _Months:
-    """The month families of each service, from the ledger as it is now."""
+    """The month families of each service, from the ledger as it is now: `add` a batch of
+    services, then `write` them family by family."""
 
     def __init__(
         self,
@@ -392,36 +422,52 @@ class _Months:
         self.pooled = pooled
         self.config = config
         self.now = now
+        self.out = out
         self.bounds: dict[str, tuple[int, int]] = {}  # of each month seen, in that order
         self.windows = config.maintenance_by_service()
-        self.seconds, self.budget = out.writer(MONTH_SECONDS), out.writer(MONTH_BUDGET)
-        self.objective, self.slot = out.writer(MONTH_OBJECTIVE), out.writer(MONTH_SLOT)
-        self.pooled_seconds = out.writer(POOLED_SECONDS)
-        self.pooled_budget = out.writer(POOLED_BUDGET)
-        self.starts, self.ends = out.writer(MONTH_START), out.writer(MONTH_END)
 
-    def add(self, state: ServiceState) -> None:
-        ledger, now, label, name = self.ledger, self.now, state.label, state.name
-        interval = state.service.interval
-        windows, unknown = self.windows.get(name, ()), self.config.sla.unknown
-        for key in ledger.months(name, now):
-            if key not in self.bounds:
-                self.bounds[key] = ledger.bounds(key)
-            figures = ledger.exposed(name, key, now, interval, windows, state.objective, unknown)
-            labels = f'month="{key}",{label}'
-            seconds, write = figures.seconds, self.seconds
-            for kind, suffix in _STATE_LABELS:
-                write(labels + suffix, seconds[kind] / 1000)
-            self.budget(labels, figures.budget / 1000)
-            self.objective(labels, figures.objective)
-            self.slot(labels, interval)
-        for key, figures in self.pooled.get(name, {}).items():
-            labels = f'month="{key}",{label}'
-            for kind in STATES:
-                self.pooled_seconds(f'{labels},state="{kind}"', figures.seconds[kind] / 1000)
-            self.pooled_budget(labels, figures.budget / 1000)
+    def add(self, batch: list[ServiceState]) -> None:
+        ledger, now, bounds, unknown = self.ledger, self.now, self.bounds, self.config.sla.unknown
+        exposed, windows = ledger.exposed, self.windows
+        labels: list[str] = []
+        figures: list[Figures] = []
+        slots: list[float] = []
+        for state in batch:
+            name, label, interval = state.name, state.label, state.service.interval
+            service_windows, objective = windows.get(name, ()), state.objective
+            for key in ledger.months(name, now):
+                if key not in bounds:
+                    bounds[key] = ledger.bounds(key)
+                labels.append(f'month="{key}",{label}')
+                figures.append(
+                    exposed(name, key, now, interval, service_windows, objective, unknown)
+                )
+                slots.append(interval)
+        self._write(MONTH_SECONDS, MONTH_BUDGET, labels, figures)
+        self.out.column(MONTH_OBJECTIVE, labels, [f.objective for f in figures])
+        self.out.column(MONTH_SLOT, labels, slots)
+        pooled = [
+            (f'month="{key}",{state.label}', figures)
+            for state in batch
+            for key, figures in self.pooled.get(state.name, {}).items()
+        ]
+        if pooled:
+            self._write(
+                POOLED_SECONDS, POOLED_BUDGET, [t for t, _ in pooled], [f for _, f in pooled]
+            )
+
+    def _write(
+        self, seconds: Family, budget: Family, labels: list[str], figures: list[Figures]
+    ) -> None:
+        """Each month's seconds in every state (in STATES order) and its budget."""
+        self.out.column(
+            seconds,
+            [f'{text},state="{kind}"' for text in labels for kind in STATES],
+            [f.seconds[kind] / 1000 for f in figures for kind in STATES],
+        )
+        self.out.column(budget, labels, [f.budget / 1000 for f in figures])
 
     def bounds_families(self) -> None:
-        for key, (start, end) in self.bounds.items():
-            self.starts(f'month="{key}"', start / 1000)
-            self.ends(f'month="{key}"', end / 1000)
+        keys = [f'month="{key}"' for key in self.bounds]
+        self.out.column(MONTH_START, keys, [start / 1000 for start, _ in self.bounds.values()])
+        self.out.column(MONTH_END, keys, [end / 1000 for _, end in self.bounds.values()])

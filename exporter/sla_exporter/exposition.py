@@ -89,6 +89,38 @@ class Exposition:
 
         return write
 
+    def column(
+        self, family: Family, labels: Sequence[str], values: Sequence[float], suffix: str = ""
+    ) -> None:
+        """One sample of `family` for each of `labels` (as written inside the braces), with the
+        value at the same place in `values`: a batch of services in one go, each line written
+        by one f-string in a comprehension rather than by a call (half the time per line)."""
+        if not labels:
+            return
+        head = family.sample + suffix + "{"
+        # number(), inlined for the usual case
+        lines = [
+            f"{head}{text}}} {v!r}\n"
+            if (v := float(value)) < 1e6
+            else f"{head}{text}}} {number(v)}\n"
+            for text, value in zip(labels, values, strict=True)
+        ]
+        self._pending[family].append("".join(lines))
+
+    def counts(
+        self, family: Family, labels: Sequence[str], values: Sequence[int], suffix: str = ""
+    ) -> None:
+        """`column()` for whole numbers (counters, 0 and 1): written as their float would be,
+        without making one (`5` as `5.0`, exact below 1e6, where Go's format keeps no exponent)."""
+        if not labels:
+            return
+        if max(values) >= 1e6:
+            self.column(family, labels, values, suffix)
+            return
+        head = family.sample + suffix + "{"
+        lines = [f"{head}{text}}} {v:d}.0\n" for text, v in zip(labels, values, strict=True)]
+        self._pending[family].append("".join(lines))
+
     def sample(self, family: Family, value: float) -> None:
         """Write the one sample of a family without labels."""
         self._pending[family].append(f"{family.sample} {number(value)}\n")
