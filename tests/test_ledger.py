@@ -558,3 +558,25 @@ def test_a_finished_month_is_counted_to_its_end_once_the_slot_across_it_is_over(
     over = ledger.exposed(name, "2026-11", straddling + 61, 60, (), 0.99, "down")
     assert over.end == ms(end)
     assert over.seconds["unknown"] == ms(end - straddling)
+
+
+def test_a_finished_month_kept_whole_is_counted_again_when_its_end_is_pending_again() -> None:
+    """The figures of a month over are kept on the month and the settings alone, but only
+    while its end is decided: an interval lengthened by a reload soon after the month ended
+    puts its end back into a pending slot, and the figures say so, as counted afresh."""
+    ledger = Ledger(None, "UTC")
+    start, end = (t / 1000 for t in (ms(t) for t in month_bounds("2026-11", ZoneInfo("UTC"))))
+    hour = 3600
+    name = next(
+        f"svc{i}" for i in itertools.count() if slot(f"svc{i}", ms(hour), ms(end)) < ms(end)
+    )
+    ledger.advance(start, name, 0.99, "down", ())
+    ledger.record(name, start, end - start, True)
+    later = end + 120
+    ledger.advance(later, name, 0.99, "down", ())
+    over = ledger.exposed(name, "2026-11", later, 60, (), 0.99, "down")
+    assert over.end == ms(end) and over.seconds["up"] == ms(end - start)
+    hourly = ledger.exposed(name, "2026-11", later, hour, (), 0.99, "down")
+    ledger._figures.clear()
+    assert hourly == ledger.exposed(name, "2026-11", later, hour, (), 0.99, "down")
+    assert hourly.end == slot(name, ms(hour), ms(later)) < ms(end)  # pending again

@@ -413,6 +413,7 @@ class Ledger:
         # (`figures()`): a scrape every 15 s asks again for months most of which have not
         # changed since the last one.
         self._figures: dict[tuple[str, str], tuple[Month | None, tuple[object, ...], Figures]] = {}
+        self._shown: dict[tuple[str, str, int], tuple[str, ...]] = {}  # months(), made once
         if path is not None and path.exists():
             self._read(path)
 
@@ -797,7 +798,7 @@ class Ledger:
 
     # -- figures ------------------------------------------------------------------------------
 
-    def months(self, service: str, clock: float) -> list[str]:
+    def months(self, service: str, clock: float) -> tuple[str, ...]:
         """The months to show for `service`, oldest first: each kept month from the first one
         it was monitored in up to the current one, including months without any result."""
         now = self.now(clock)
@@ -805,12 +806,18 @@ class Ledger:
         book = self.books.get(service)
         if book is None or book.since is None:
             first = min(book.months) if book is not None and book.months else current
-        else:
-            first = min([self.key(book.since), *book.months])
-        keys = [first]
-        while keys[-1] < current:
-            keys.append(next_month(keys[-1]))
-        return keys[-self.keep_months :]
+        else:  # the earlier of its first slot's month and its first kept month
+            first = min(book.months) if book.months else current
+            if book.since < self.bounds(first)[0]:
+                first = self.key(book.since)
+        shown = (first, current, self.keep_months)
+        keys = self._shown.get(shown)
+        if keys is None:  # the same few lists for every service: made once
+            months = [first]
+            while months[-1] < current:
+                months.append(next_month(months[-1]))
+            keys = self._shown[shown] = tuple(months[-self.keep_months :])
+        return keys
 
     def exposed(
         self,
@@ -827,9 +834,24 @@ class Ledger:
         """`figures()` as /metrics, the pooled month and the report show them: counted up to
         the start of the service's current slot, by the ledger's clock (which never goes back),
         with the settings in force now."""
-        pending = slot(service, ms(interval), self.now(clock)) / 1000
+        pending = slot(service, ms(interval), self.now(clock))
+        if book is None and spans is None:
+            # A month over, as `figures()` keeps it: asked again at every scrape, unchanged.
+            kept = self._figures.get((service, key))
+            if kept is not None and len(kept[1]) == 4 and pending >= self.bounds(key)[1]:
+                own = self.books.get(service)
+                month = kept[0]
+                if (
+                    own is not None
+                    and month is not None
+                    and month is own.months.get(key)
+                    and kept[1] == (month.version, own.since, objective, unknown)
+                ):
+                    return kept[2]
         # By position: called for every service and month at each scrape.
-        return self.figures(service, key, clock, pending, windows, objective, unknown, book, spans)
+        return self.figures(
+            service, key, clock, pending / 1000, windows, objective, unknown, book, spans
+        )
 
     def figures(
         self,
@@ -862,6 +884,20 @@ class Ledger:
         upto = min(now, end)
         if pending_from is not None:  # the current slot is decided when it is over
             upto = max(start, min(upto, ms(pending_from)))
+        # A month over, its last slot decided and everything up to its end recorded: its
+        # figures depend on the month itself, when the service was first monitored and the
+        # settings given (through a term that starts after the month's end, which changes no
+        # time but whether the objective is weighted), and not on when they are asked or the
+        # windows declared (all in the future): they are kept on just those (`exposed()`).
+        over = (
+            own
+            and spans is None
+            and stored is not None
+            and stored.terms
+            and upto == end
+            and (book.committed or start) >= end
+        )
+        final = (stored.version, book.since, objective, unknown) if over and stored else ()
         # The terms recorded in the month; a month nothing was recorded in yet (the exporter was
         # down across it) runs on the terms in force before it.
         terms = list(month.terms) or [
@@ -957,7 +993,7 @@ class Ledger:
         accounted = sum(seconds.values())
         figures = Figures(seconds, int(budget), weighted, start + accounted)
         if own and spans is None:
-            self._figures[(service, key)] = (stored, inputs, figures)
+            self._figures[(service, key)] = (stored, final or inputs, figures)
         if spans is not None:
             spans.sort(key=lambda span: span.start)
         return figures
