@@ -242,6 +242,7 @@ class Exporter:
         self.registry.register(SupportCollector(self.support))
         self.registry.register(ZoneCollector(lambda: self.config, self.clock.time))
         self._flusher: asyncio.Task[None] | None = None
+        self.aside = pausing.Aside()  # the ledger's flush stands aside for a scrape (web.py)
         self._reload_lock = asyncio.Lock()
         # The reload queued behind the running one, which every new request joins; and who
         # still waits for it (a function per request: is its client still there?).
@@ -537,10 +538,13 @@ class Exporter:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             names = list(self.config.services) if self.config is not None else []
-            for batch in pausing.batched(names, ADVANCE_BATCH):
-                self._advance(batch)
-                await asyncio.sleep(0)  # probes due meanwhile start on time
+            await pausing.run(self._advancing(names), self.aside)
             await self._write_ledger()
+
+    def _advancing(self, names: list[str]) -> pausing.Steps[None]:
+        for batch in pausing.batched(names, ADVANCE_BATCH):
+            self._advance(batch)
+            yield  # probes due meanwhile start on time
 
     async def _write_ledger(self) -> None:
         """Write the ledger if it changed, in a thread, keeping the event loop free meanwhile."""
@@ -549,7 +553,8 @@ class Exporter:
             self.ledger_ok.set(1)
             return
         ledger.prune()
-        content = await pausing.run(ledger.dumping())  # probes due meanwhile start on time
+        # Probes due meanwhile start on time; a scrape under way goes first.
+        content = await pausing.run(ledger.dumping(), self.aside)
         if content is None:
             return
         try:

@@ -249,7 +249,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     openmetrics = content_type.startswith("application/openmetrics-text")
     eof = b"# EOF\n"
     head = encoder(registry).removesuffix(eof) if openmetrics else encoder(registry)
-    services = await pausing.run(exporter.services.writing())
+    with exporter.aside.running():  # the ledger's flush waits meanwhile
+        services = await pausing.run(exporter.services.writing())
     chunks = itertools.chain(
         [head],
         services.chunks(openmetrics, names or None) if services is not None else [],
