@@ -293,9 +293,8 @@ class ServiceCollector(Collector):
         ledger = self.ledger()
         when = datetime.fromtimestamp(now, UTC)
         out = Exposition(FAMILIES)
-        w = out.writer
         sla = f'sla="{escape(config.sla.name)}",timezone="{escape(config.sla.timezone)}"'
-        w(SLA_INFO)(sla, 1.0)
+        out.counts(SLA_INFO, [sla], [1])
         out.sample(UNKNOWN, 1.0 if config.sla.unknown == "down" else 0.0)
         months = _Months(ledger, config, now, out, self.pooled()) if ledger is not None else None
 

@@ -4,13 +4,13 @@ that collects each family's lines as services are rendered (collector.py).
 Tens of thousands of services make hundreds of thousands of samples per scrape. Built as
 prometheus_client Metric and Sample objects and formatted one label at a time, 10,000 services
 took seconds per scrape on the event loop (4 s in bench/RESULTS.md); written straight to text,
-with each service's label escaped once (store.py) and its samples appended to its families'
-lines, they take a fraction of that.
+with each service's label escaped once (store.py) and each family's lines for a batch of
+services made by one comprehension (`Exposition.column`), they take a fraction of that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
@@ -61,9 +61,6 @@ def headers(family: Family, openmetrics: bool) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {family.type}\n"
 
 
-Write = Callable[[str, float], None]  # (labels as written inside the braces, value)
-
-
 class Exposition:
     """The lines of each family, in the families' order, however the samples arrive.
 
@@ -76,18 +73,6 @@ class Exposition:
         self.families = families
         self._pending: dict[Family, list[str]] = {f: [] for f in families}
         self._joined: dict[Family, list[bytes]] = {f: [] for f in families}
-
-    def writer(self, family: Family, suffix: str = "") -> Write:
-        """A function that writes one sample of `family`: `write('sla_service="x"', 1.0)`;
-        with `suffix`, one of a histogram's (`_bucket`, `_sum`, `_count`)."""
-        append, sample = self._pending[family].append, family.sample + suffix
-
-        def write(labels: str, value: float) -> None:
-            # number(), inlined for the usual case: a call less for each of ~300,000 samples
-            text = repr(float(value)) if value < 1e6 else number(value)
-            append(f"{sample}{{{labels}}} {text}\n")
-
-        return write
 
     def column(
         self, family: Family, labels: Sequence[str], values: Sequence[float], suffix: str = ""
