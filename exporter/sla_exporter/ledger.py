@@ -151,14 +151,24 @@ def _minus(spans: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[t
 # One service's month
 
 
-@dataclass
+_REASONS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def reasons_of(reasons: Iterable[str]) -> frozenset[str]:
+    """The reasons of a run, one object for each set of them (there are few: a year of
+    10,000 services' months holds hundreds of thousands of runs)."""
+    key = frozenset(reasons)
+    return _REASONS.setdefault(key, key)
+
+
+@dataclass(slots=True)  # a year of 10,000 services' months holds hundreds of thousands
 class Run:
     """Consecutive time covered by results of one state: up, or down with the reasons seen."""
 
     start: int
     end: int
     up: bool
-    reasons: set[str] = field(default_factory=set)
+    reasons: frozenset[str] = frozenset()  # up runs share the one empty frozenset
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class Term:
     unknown: Policy
 
 
-@dataclass
+@dataclass(slots=True)
 class Month:
     """One service's calendar month: what results covered, maintenance, terms, recovered part."""
 
@@ -185,9 +195,9 @@ class Month:
 
     def fill(self, start: int, end: int, up: bool, reason: str | None) -> int:
         """Cover the part of [start, end) no result covers yet; return the milliseconds added."""
-        return self._fill(start, end, up, {reason} if reason else set())
+        return self._fill(start, end, up, reasons_of((reason,) if reason else ()))
 
-    def _fill(self, start: int, end: int, up: bool, reasons: set[str]) -> int:
+    def _fill(self, start: int, end: int, up: bool, reasons: frozenset[str]) -> int:
         start = max(start, self.carried_until)
         if start >= end:
             return 0
@@ -239,12 +249,12 @@ class Month:
             if not covering:
                 continue
             up = any(run[2] for run in covering)
-            reasons = set() if up else {r for run in covering for r in run[3]}
+            reasons = reasons_of(() if up else (r for run in covering for r in run[3]))
             if mine is None or mine[2] != up:
                 changed += b - a
             if merged and merged[-1].end == a and merged[-1].up == up:
                 merged[-1].end = b
-                merged[-1].reasons |= reasons
+                merged[-1].reasons = reasons_of(merged[-1].reasons | reasons)
             else:
                 merged.append(Run(a, b, up, reasons))
         if changed or [(r.start, r.end, r.reasons) for r in merged] != [
@@ -254,22 +264,22 @@ class Month:
             self.version += 1
         return changed
 
-    def _put(self, start: int, end: int, up: bool, reasons: set[str]) -> None:
+    def _put(self, start: int, end: int, up: bool, reasons: frozenset[str]) -> None:
         """Insert [start, end) (covered by no run) in order, merged with equal neighbours."""
         runs = self.runs
         self.version += 1
-        run = Run(start, end, up, set(reasons))
+        run = Run(start, end, up, reasons)
         i = len(runs)
         if i and runs[-1].start > start:
             i = bisect_right([r.start for r in runs], start)
         runs.insert(i, run)
         if i + 1 < len(runs) and runs[i + 1].start == end and runs[i + 1].up == up:
             run.end = runs[i + 1].end
-            run.reasons |= runs[i + 1].reasons
+            run.reasons = reasons_of(run.reasons | runs[i + 1].reasons)
             del runs[i + 1]
         if i > 0 and runs[i - 1].end == start and runs[i - 1].up == up:
             runs[i - 1].end = run.end
-            runs[i - 1].reasons |= run.reasons
+            runs[i - 1].reasons = reasons_of(runs[i - 1].reasons | run.reasons)
             del runs[i]
 
 
@@ -454,7 +464,7 @@ class Ledger:
             book = self.books[name] = ServiceBook(entry.since, entry.committed)
             for key, m in entry.months.items():
                 book.months[key] = Month(
-                    runs=[Run(a, b, up, set(reasons)) for a, b, up, reasons in m.runs],
+                    runs=[Run(a, b, up, reasons_of(reasons)) for a, b, up, reasons in m.runs],
                     maintenance=[(a, b) for a, b in m.maintenance],
                     terms=[Term(a, objective, unknown) for a, objective, unknown in m.terms],
                     carried={str(state): value for state, value in m.carried.items()},
