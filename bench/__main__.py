@@ -54,6 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", help="shards x services per shard, e.g. 4x25000")
     parser.add_argument("--interval", type=int, help="seconds between probes at scale")
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="scale section: start on a month ledger of this many months (13 is a year's)",
+    )
+    parser.add_argument(
         "--rules",
         help="rules section: services x days of history, e.g. 10000x30 (the default; 20x1 quick)",
     )
@@ -149,7 +155,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["latency"] = await scenarios.latency(bench, (1, 20), rounds // 2 + 1)
                     checkpoint(args.out, results)
                 if "scale" in sections:
-                    results["scale"] = await scenarios.scale(bench, counts, interval)
+                    results["scale"] = await scenarios.scale(bench, counts, interval, args.history)
                     checkpoint(args.out, results)
                 if "shards" in sections:
                     results["shards"] = await scenarios.shards(

@@ -42,6 +42,7 @@ class Scrape:
     seconds: float  # request sent to last byte received
     wire_bytes: int  # as transferred (gzip)
     text_bytes: int  # uncompressed exposition
+    month_series: int  # services' month series (sla_month_*{sla_service=...}), months x 9 each
 
 
 class Ours:
@@ -57,15 +58,22 @@ class Ours:
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ledger_path = self.ledger_for(work, name)
         argv = [
             sys.executable, "-m", "bench.exporter_proc",
             "--config.file", str(config),
             "--web.listen-address", f"127.0.0.1:{self.port}",
-            "--storage.path", str(work / f"{name}-ledger.json"),
+            "--storage.path", str(self.ledger_path),
             "--log.level", "warn",
             *(extra or []),
         ]  # fmt: skip
         self.proc = Proc(name, argv, work, env)
+
+    @staticmethod
+    def ledger_for(work: Path, name: str) -> Path:
+        """Where the exporter called `name` keeps its months (there before it starts, it is
+        read at start)."""
+        return work / f"{name}-ledger.json"
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         self.proc.wait_port(self.port, timeout)
@@ -92,7 +100,12 @@ class Ours:
         text = wire
         if resp.headers.get("Content-Encoding") == "gzip":
             text = gzip.decompress(wire)
-        return Scrape(seconds, len(wire), len(text))
+        months = sum(
+            1
+            for line in text.splitlines()
+            if line.startswith(b"sla_month_") and b"sla_service=" in line
+        )
+        return Scrape(seconds, len(wire), len(text), months)
 
     def stop(self) -> None:
         self.proc.stop(timeout=30)

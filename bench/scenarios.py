@@ -21,6 +21,7 @@ import aiohttp
 
 from .configs import blackbox_target, sla_file
 from .drive import Blackbox, BlackboxLoad, Ours, RawLoad, Scrape
+from .history import write as write_history
 from .targets import Addresses, Targets
 
 
@@ -313,12 +314,21 @@ async def _floor_window(bench: Bench, count: int, warmup: float, window: float) 
 # One process at scale
 
 
-async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str, Any]:
-    """Our exporter alone with `count` HTTP services on `interval`: lag, /metrics, CPU, RSS."""
+async def scale(
+    bench: Bench, counts: Sequence[int], interval: int, history: int = 0
+) -> dict[str, Any]:
+    """Our exporter alone with `count` HTTP services on `interval`: lag, /metrics, CPU, RSS;
+    with `history`, started on a ledger of that many months (bench/history.py)."""
     out: dict[str, Any] = {}
     for count in counts:
         config = bench.work / f"scale-{count}.yml"
         config.write_text(sla_file("http", count, f"{interval}s", bench.at))
+        ledger_bytes = 0
+        if history:
+            names = [f"http-{i:06d}" for i in range(count)]
+            ledger = Ours.ledger_for(bench.work, f"scale-{count}")
+            ledger_bytes = await asyncio.to_thread(write_history, ledger, names, history)
+            bench.log(f"scale {count}: a ledger of {history} months, {ledger_bytes >> 20} MiB")
         ours = bench.ours(config, name=f"scale-{count}")
         window = interval * (1 if bench.quick else 2)
         try:
@@ -339,6 +349,8 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
         out[str(count)] = {
             "services": count,
             "interval_seconds": interval,
+            "history_months": history,
+            "ledger_bytes": ledger_bytes,
             "startup_seconds": ready,
             "window_seconds": wall,
             "probes": len(durations),
@@ -349,6 +361,7 @@ async def scale(bench: Bench, counts: Sequence[int], interval: int) -> dict[str,
             "render_seconds": quantiles([s.seconds for s in scrapes]),
             "metrics_bytes": max(s.text_bytes for s in scrapes),
             "metrics_gzip_bytes": max(s.wire_bytes for s in scrapes),
+            "month_series": max(s.month_series for s in scrapes),
             "cpu_seconds": cpu,
             "cpu_share_of_one_core": cpu / wall,
             "cpu_seconds_per_1000": 1000 * cpu / len(durations) if durations else None,

@@ -34,6 +34,8 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
             "cpu,latency,scale,shards",
             "--kinds",
             "http",
+            "--history",
+            "3",  # the scale section's exporter starts on a ledger of three months
             "--out",
             str(tmp_path),
         ],
@@ -62,6 +64,9 @@ def test_smoke_run_of_the_benchmark_harness_fills_every_section(tmp_path: Path) 
     assert scale["probes"] >= scale["services"] and scale["failures"] == 0
     assert scale["lag_seconds"]["n"] > 0  # runs started in the window (some still running)
     assert scale["metrics_bytes"] > scale["metrics_gzip_bytes"] > 0
+    assert scale["history_months"] == 3 and scale["ledger_bytes"] > 0
+    # Read at start: three months of each service on /metrics (nine month series each).
+    assert scale["month_series"] == 3 * 9 * scale["services"]
 
     shards = results["shards"]
     assert shards["services_probed"] == shards["services"]
