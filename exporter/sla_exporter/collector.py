@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__, pausing
 from .config import Config
-from .exposition import COUNTER, GAUGE, HISTOGRAM, Exposition, Family, escape, number
+from .exposition import COUNTER, GAUGE, HISTOGRAM, Exposition, Family, escape, number, unzip
 from .ledger import STATES, Figures, Ledger
 from .store import DELIVERY_BUCKETS, ServiceState, Store
 
@@ -328,22 +328,20 @@ class ServiceCollector(Collector):
             )
             counts(CONSECUTIVE, labels, [state.consecutive_failures for state in batch])
             failing = [(s.label, at) for s in batch if (at := s.failing_since) is not None]
-            column(FAILING_SINCE, [text for text, _ in failing], [at for _, at in failing])
+            column(FAILING_SINCE, *unzip(failing))
             reasons = [
                 (f'reason="{reason}",{state.label}', count)
                 for state in batch
                 for reason, count in state.reasons.items()
             ]
-            counts(REASONS, [text for text, _ in reasons], [count for _, count in reasons])
+            counts(REASONS, *unzip(reasons))
             if windows:
                 ends = [[m.end for m in windows if m.covers(s.name, when)] for s in batch]
                 counts(MAINTENANCE, labels, [1 if e else 0 for e in ends])
-                covered = [(label, max(e)) for label, e in zip(labels, ends, strict=True) if e]
-                column(
-                    MAINTENANCE_END,
-                    [label for label, _ in covered],
-                    [end.timestamp() for _, end in covered],
-                )
+                covered = [
+                    (label, max(e).timestamp()) for label, e in zip(labels, ends, strict=True) if e
+                ]
+                column(MAINTENANCE_END, *unzip(covered))
             else:
                 counts(MAINTENANCE, labels, [0] * len(batch))
             if months is not None:
@@ -352,8 +350,7 @@ class ServiceCollector(Collector):
                 if kind == "mail_delivery":
                     self._delivery(out, state, bucket_labels)
             done = [(state.label, last) for state in batch if (last := state.last) is not None]
-            labels = [label for label, _ in done]
-            results = [result for _, result in done]
+            labels, results = unzip(done)
             counts(SUCCESS, labels, [1 if result.success else 0 for result in results])
             column(DURATION, labels, [result.duration for result in results])
             column(LAST_RUN, labels, [result.timestamp for result in results])
@@ -362,31 +359,31 @@ class ServiceCollector(Collector):
                 for label, result in zip(labels, results, strict=True)
                 for phase, seconds in result.phases.items()
             ]
-            column(PHASES, [text for text, _ in phases], [seconds for _, seconds in phases])
+            column(PHASES, *unzip(phases))
             expiring = [
                 (label, result.tls_expiry)
                 for label, result in zip(labels, results, strict=True)
                 if result.tls_expiry is not None
             ]
-            column(TLS_EXPIRY, [text for text, _ in expiring], [at for _, at in expiring])
+            column(TLS_EXPIRY, *unzip(expiring))
             coded = [
                 (label, result.status_code)
                 for label, result in zip(labels, results, strict=True)
                 if result.status_code is not None
             ]
-            counts(STATUS, [text for text, _ in coded], [code for _, code in coded])
+            counts(STATUS, *unzip(coded))
             checks = [
                 (f'check="{escape(check)}",{label}', 1 if passed else 0)
                 for label, result in zip(labels, results, strict=True)
                 for check, passed in result.checks.items()
             ]
-            counts(CHECKS, [text for text, _ in checks], [v for _, v in checks])
+            counts(CHECKS, *unzip(checks))
             signed = [
-                (label, result.dnssec)
+                (label, 1 if result.dnssec else 0)
                 for label, result in zip(labels, results, strict=True)
                 if result.dnssec is not None
             ]
-            counts(DNSSEC, [text for text, _ in signed], [1 if ok else 0 for _, ok in signed])
+            counts(DNSSEC, *unzip(signed))
             out.flush()
             yield
         if months is not None:
@@ -451,9 +448,7 @@ class _Months:
             for key, figures in self.pooled.get(state.name, {}).items()
         ]
         if pooled:
-            self._write(
-                POOLED_SECONDS, POOLED_BUDGET, [t for t, _ in pooled], [f for _, f in pooled]
-            )
+            self._write(POOLED_SECONDS, POOLED_BUDGET, *unzip(pooled))
 
     def _write(
         self, seconds: Family, budget: Family, labels: list[str], figures: list[Figures]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client.utils import floatToGoString
 
 GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ def number(value: float) -> str:
     if value < 1e6:  # the usual case, without the checks for exponents and infinities
         return repr(float(value))
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+def unzip(rows: Sequence[tuple[str, T]]) -> tuple[list[str], list[T]]:
+    """(labels, value) rows as the two lists `Exposition.column()` takes."""
+    return [labels for labels, _ in rows], [value for _, value in rows]
 
 
 def headers(family: Family, openmetrics: bool) -> str:
