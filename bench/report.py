@@ -103,6 +103,11 @@ def _scale(results: dict[str, Any]) -> list[str]:
             f"{row['cpu_share_of_one_core']:>8.1%} {row['memory']['rss_peak'] / MIB:>12.0f} "
             f"{row['probes']:>7}/{row['probes_expected']:<8.0f} {row['missed_runs']:>6}{marks}"
         )
+        if row.get("first_scrape_seconds") is not None:
+            lines.append(
+                f"  {'':>8} first scrape after the start: {row['first_scrape_seconds']:.3f} s "
+                "(every month counted afresh; /metrics s is the slowest scrape after it)"
+            )
     return lines
 
 

@@ -335,8 +335,14 @@ async def scale(
             started = time.monotonic()
             await asyncio.to_thread(ours.wait_ready)
             ready = time.monotonic() - started
-            # One whole interval for start-up (first runs spread over it), then one measured.
-            await asyncio.sleep(interval + bench.seconds(10, 1))
+            # One whole interval for start-up (first runs spread over it), then one measured;
+            # scraped throughout, as Prometheus does from the start: the first scrape after a
+            # start counts every month afresh (every service has results it has not seen), the
+            # next ones only what changed since the last. The first is reported on its own.
+            settle = interval + bench.seconds(10, 1)
+            begun = time.monotonic()
+            warmup = await _scrape_every_15s(bench, [ours], settle)
+            await asyncio.sleep(max(0.0, settle - (time.monotonic() - begun)))
             measured = await _measure(bench, [ours], _scrape_every_15s(bench, [ours], window))
         finally:
             ours.stop()
@@ -359,6 +365,7 @@ async def scale(
             "missed_runs": samples["missed"],
             "lag_seconds": quantiles(lags),
             "render_seconds": quantiles([s.seconds for s in scrapes]),
+            "first_scrape_seconds": warmup[0].seconds if warmup else None,
             "metrics_bytes": max(s.text_bytes for s in scrapes),
             "metrics_gzip_bytes": max(s.wire_bytes for s in scrapes),
             "month_series": max(s.month_series for s in scrapes),
